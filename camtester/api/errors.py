@@ -1,0 +1,59 @@
+"""Where exceptions become HTTP answers: one JSON `{"message"}` shape for all."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, request
+from flask_restx import Api
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from camtester.errors import (
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def register(app: Flask, api: Api) -> None:
+    """Attach the handlers to both the restx Api and the plain Flask app."""
+
+    def invalid(exc: InvalidInput) -> tuple[dict[str, Any], int]:
+        return {"message": str(exc)}, exc.status
+
+    def not_found(exc: NotFound) -> tuple[dict[str, Any], int]:
+        return {"message": str(exc)}, 404
+
+    def unauthorized(exc: Unauthorized) -> tuple[dict[str, Any], int, dict[str, str]]:
+        return {"message": str(exc)}, 401, {"WWW-Authenticate": "Bearer"}
+
+    def unavailable(exc: ServiceUnavailable) -> tuple[dict[str, Any], int]:
+        return {"message": str(exc), "unavailable": exc.service}, 503
+
+    def too_large(exc: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return {"message": f"request body is over the limit of {limit} bytes"}, 413
+
+    handlers: list[tuple[type[Exception], Any]] = [
+        (InvalidInput, invalid),
+        (NotFound, not_found),
+        (Unauthorized, unauthorized),
+        (ServiceUnavailable, unavailable),
+        (RequestEntityTooLarge, too_large),
+    ]
+    for exc_type, handler in handlers:
+        api.errorhandler(exc_type)(handler)
+        app.register_error_handler(exc_type, handler)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        return {"message": exc.description or exc.name}, exc.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Any:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return {"message": "internal error"}, 500
