@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from camtester import metrics
 from camtester.analysis.deviations import failure_deviations, find_deviations
 from camtester.analysis.thresholds import merge_thresholds
 from camtester.errors import MeasurementError, MeasurementInternal, TargetTimeout
@@ -33,6 +34,7 @@ def run_measurement(
     try:
         payload, snapshot = _dispatch(measurement, settings)
     except MeasurementError as exc:
+        metrics.TASK_RUN_SECONDS.labels(task_type).observe(time.monotonic() - started)
         exc.message = mask_uri(exc.message)
         logger.warning(
             "%s of %s failed after %.1fs: %s %s",
@@ -45,6 +47,7 @@ def run_measurement(
         deviations = failure_deviations(task_type, exc.code)
         return failure(exc, deviations, getattr(exc, "payload", None)), None
 
+    metrics.TASK_RUN_SECONDS.labels(task_type).observe(time.monotonic() - started)
     deviations = find_deviations(
         task_type,
         payload,

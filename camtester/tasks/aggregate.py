@@ -9,6 +9,7 @@ from typing import Any
 from celery import Task
 from celery.utils.log import get_task_logger
 
+from camtester import metrics
 from camtester.errors import StoreUnavailable
 from camtester.logs import task_context
 from camtester.results import utc_now_iso
@@ -70,6 +71,7 @@ def aggregate(
             task_id, index, result, status=status, snapshot=snapshot_bytes
         )
         deviation_store().add(result["deviations"])
+        _count(task, measurement, result)
         logger.info(
             "stored result %d: ok=%s, %d deviations, task %s",
             index,
@@ -80,6 +82,15 @@ def aggregate(
 
         if next_index is not None:
             publish(get_settings(), [(task_id, next_index, task)])
+
+
+def _count(
+    task: dict[str, Any], measurement: dict[str, Any], result: dict[str, Any]
+) -> None:
+    outcome = "ok" if result["ok"] else result["error"]["code"]
+    metrics.RESULTS.labels(measurement["type"], outcome).inc()
+    for deviation in result["deviations"]:
+        metrics.DEVIATIONS.labels(deviation["kind"], deviation["severity"]).inc()
 
 
 def _measurement_at(task: dict[str, Any], index: int) -> dict[str, Any]:
