@@ -14,7 +14,9 @@ from camtester.errors import StoreUnavailable
 from camtester.logs import task_context
 from camtester.measure import encode_snapshot, run_measurement
 from camtester.settings import get_settings
+from camtester.restreamers import pick_host, restreamed_uri
 from camtester.store.claims import RunClaims
+from camtester.store.restreamers import RestreamerStore
 from camtester.store.tasks import TaskStore
 from camtester.tasks.app import celery_app
 
@@ -51,8 +53,28 @@ def _measure(
             return None
 
         store.mark_running(task_id, index)
+        measurement, restreamer = _through_restreamer(measurement, store)
         result, snapshot = run_measurement(measurement, settings)
+        if restreamer and result["payload"] is not None:
+            result["payload"]["restreamer"] = restreamer
         return {"result": result, "snapshot": encode_snapshot(snapshot)}
+
+
+def _through_restreamer(
+    measurement: dict[str, Any], store: TaskStore
+) -> tuple[dict[str, Any], str | None]:
+    """Read a stream through its region's restreamer, when the region has any."""
+    geo = measurement.get("geo_location")
+    if measurement["type"] == "ping" or not geo:
+        return measurement, None
+
+    hosts = RestreamerStore(store.settings, store.redis).hosts(geo)
+    host = pick_host(hosts, measurement["target"])
+    if host is None:
+        return measurement, None
+    logger.info("reading the stream through restreamer %s", host)
+    target = restreamed_uri(host, measurement["target"])
+    return {**measurement, "target": target}, host
 
 
 def _owner() -> str:

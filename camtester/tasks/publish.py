@@ -29,8 +29,8 @@ def queue_name(geo_location: str, task_type: str) -> str:
 
 def measurement_chain(task_id: str, index: int, task: dict[str, Any]) -> Signature:
     """Measure subtask `index` of `task` in its region, then aggregate the result."""
-    measurement = _measurement_at(task, index)
     geo = task["geo_location"]
+    measurement = {**_measurement_at(task, index), "geo_location": geo}
     masked = {**measurement, "target": mask_uri(measurement["target"])}
 
     measure = celery_app.signature(
