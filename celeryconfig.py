@@ -1,6 +1,10 @@
 """Celery's own settings for camtester; camtester's settings come from CAMTESTER_*."""
 
-from camtester.settings import get_settings
+import math
+import os
+
+from camtester.settings import SettingsError, get_settings
+from camtester.store.claims import hard_time_limit_s, soft_time_limit_s
 
 _settings = get_settings()
 
@@ -17,16 +21,51 @@ accept_content = ["json"]
 timezone = "UTC"
 
 # Nothing lost: a message is acknowledged only after its task ran, and a task
-# whose worker process died is handed back instead of acknowledged.
+# whose pool process died (SIGKILL, the OOM killer) is handed back at once
+# instead of acknowledged. The run claims and the delivery count in
+# camtester.store.claims keep a redelivered task from running twice or forever.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 
-# NOTE: the Redis transport hands an unacknowledged message to another worker once
-# the visibility timeout passes. It must outlast the longest task the API allows,
-# or a slow probe runs twice at once.
-longest_task_s = _settings.max_sample_duration_s + 4 * _settings.connect_timeout_s + 60
-broker_transport_options = {"visibility_timeout": int(2 * longest_task_s)}
+# Time limits (prefork pool; the threads pool cannot enforce them, and there
+# ffmpeg's own wall timeouts bound a task). At the soft limit the task stops its
+# ffmpeg and stores a timeout; at the hard limit the pool process is killed and
+# the kernel kills its ffmpeg (PR_SET_PDEATHSIG).
+task_soft_time_limit = soft_time_limit_s(_settings)
+task_time_limit = hard_time_limit_s(_settings)
+
+
+def _visibility_timeout_s() -> int:
+    """CAMTESTER_VISIBILITY_TIMEOUT_S, or twice the hard time limit.
+
+    NOTE: the Redis transport hands an unacknowledged message to another worker
+    once the visibility timeout passes. It must outlast the longest task the API
+    allows, or a slow task is delivered again while it still runs.
+    """
+    name = "CAMTESTER_VISIBILITY_TIMEOUT_S"
+    raw = os.environ.get(name, "").strip()
+    longest = math.ceil(task_time_limit)
+    if not raw:
+        return 2 * longest
+    if not raw.isdigit():
+        raise SettingsError(f"{name} must be a whole number of seconds, not {raw!r}")
+    if int(raw) <= longest:
+        raise SettingsError(
+            f"{name}={raw} must be longer than the longest task, {longest} s "
+            "(CAMTESTER_MAX_SAMPLE_DURATION_S and CAMTESTER_CONNECT_TIMEOUT_S)"
+        )
+    return int(raw)
+
+
+_visibility_s = _visibility_timeout_s()
+broker_transport_options = {
+    "visibility_timeout": _visibility_s,
+    # Look for messages of dead workers every few seconds, not every 100 s
+    # (kombu's default: a sweep every 10 s, scanning on every 10th).
+    "unacked_restore_interval": max(1, min(10, _visibility_s // 4)),
+    "unacked_restore_throttle": 1,
+}
 
 task_routes = {"camtester.aggregate": {"queue": "results"}}
 task_default_queue = "results"

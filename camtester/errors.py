@@ -1,22 +1,22 @@
 """The one exception tree of camtester.
 
-    CamtesterError
-    ├── MeasurementError           the camera could not be measured: ok false
-    │   ├── TargetUnresolvable     unresolvable
-    │   ├── TargetRefused          refused
-    │   ├── TargetTimeout          timeout
-    │   ├── TargetUnauthorized     unauthorized
-    │   ├── TargetNotFound         not_found
-    │   ├── TargetUnsupported      unsupported
-    │   └── MeasurementInternal    internal
-    ├── SetupError                 this worker cannot measure at all
-    ├── InvalidInput               a client sent something out of contract (400)
-    │   └── TooLarge               a body or batch over its limit (413)
-    ├── NotFound                   an unknown or expired task or record (404)
-    ├── Unauthorized               no, bad or expired token (401)
-    └── ServiceUnavailable         the store or the broker does not answer (503)
-        ├── StoreUnavailable
-        └── BrokerUnavailable
+CamtesterError
+├── MeasurementError           the camera could not be measured: ok false
+│   ├── TargetUnresolvable     unresolvable
+│   ├── TargetRefused          refused
+│   ├── TargetTimeout          timeout
+│   ├── TargetUnauthorized     unauthorized
+│   ├── TargetNotFound         not_found
+│   ├── TargetUnsupported      unsupported
+│   └── MeasurementInternal    internal
+├── SetupError                 this worker cannot measure at all
+├── InvalidInput               a client sent something out of contract (400)
+│   └── TooLarge               a body or batch over its limit (413)
+├── NotFound                   an unknown or expired task or record (404)
+├── Unauthorized               no, bad or expired token (401)
+└── ServiceUnavailable         the store or the broker does not answer (503)
+    ├── StoreUnavailable
+    └── BrokerUnavailable
 """
 
 from __future__ import annotations

@@ -48,7 +48,9 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError as exc:
-        raise SettingsError(f"{PREFIX}{name} must be an integer, not {value!r}") from exc
+        raise SettingsError(
+            f"{PREFIX}{name} must be an integer, not {value!r}"
+        ) from exc
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -139,6 +141,8 @@ class Settings:
     log_level: str = "INFO"
     #: Port on which a worker serves its Prometheus figures; 0 disables it.
     worker_metrics_port: int = 0
+    #: Address a worker's Prometheus figures are served on (0.0.0.0 in a container).
+    worker_metrics_address: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -180,6 +184,9 @@ class Settings:
             log_level=_str(env, "LOG_LEVEL", defaults.log_level).upper(),
             worker_metrics_port=_int(
                 env, "WORKER_METRICS_PORT", defaults.worker_metrics_port
+            ),
+            worker_metrics_address=_str(
+                env, "WORKER_METRICS_ADDRESS", defaults.worker_metrics_address
             ),
         )
 

@@ -1,4 +1,9 @@
-"""`/metrics`: the API's Prometheus figures in the text format."""
+"""`/metrics`: the API's Prometheus figures in the text format.
+
+Under gunicorn with several workers, set `PROMETHEUS_MULTIPROC_DIR` (see
+`camtester.metrics`): each scrape then adds up every worker process, whichever
+one answers it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ from typing import Any
 
 from flask import Response
 from flask_restx import Api, Namespace, Resource
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from camtester import metrics
 
 ns = Namespace("metrics", description="Prometheus scrape", path="/")
 
@@ -16,8 +23,8 @@ class Metrics(Resource):
     @ns.doc(security=[])
     @ns.produces([CONTENT_TYPE_LATEST])
     def get(self) -> Any:
-        """Tasks accepted, results, deviations and run times."""
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        """Tasks accepted by type and region (results and run times: workers)."""
+        return Response(metrics.scrape(), mimetype=CONTENT_TYPE_LATEST)
 
 
 def register(api: Api) -> None:

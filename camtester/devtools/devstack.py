@@ -23,7 +23,8 @@ from camtester.api.auth import issue_token
 from camtester.devtools.simulator import CameraSimulator
 
 REPO = Path(__file__).resolve().parents[2]
-VAR = REPO / "var"
+# Tests point this elsewhere so that they never touch a developer's own var/.
+VAR = Path(os.environ.get("CAMTESTER_DEV_VAR", REPO / "var"))
 BIN = Path(sys.executable).parent
 QUEUES = "local.ping,local.probe,local.check,results"
 

@@ -1,16 +1,22 @@
 """Claims that make one measurement run once, even when its message comes twice.
 
-A claim is a key set with NX for as long as the longest task may run. A message
-redelivered because its worker died finds the claim of a dead process: on the
-same host the pid tells, and the claim is taken over; from another host the claim
-expires before the broker's visibility timeout hands the message on.
+A claim is a key set with NX for as long as a task may live (its hard time limit).
+Its owner names the pool slot: host, pid, the process's start time and the thread.
+A message redelivered because its worker died finds the claim of a dead process:
+on the same host /proc tells, and the claim is taken over; from another host the
+claim expires before the broker's visibility timeout hands the message on.
+
+Deliveries are counted too, so that a measurement that kills its worker every
+time (the OOM killer, a crashing decoder) is given up after `MAX_DELIVERIES`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+import threading
 from typing import Any
 
 from camtester.settings import Settings
@@ -19,6 +25,45 @@ from camtester.store.connection import store_errors
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a task may take beyond its sample and its connect timeouts: ffmpeg
+#: start-up and teardown, a snapshot, store and broker round trips.
+TASK_OVERHEAD_S = 15.0
+#: Seconds between the soft time limit (the task stops measuring and stores a
+#: timeout) and the hard one (the pool process is killed).
+HARD_LIMIT_GRACE_S = 10.0
+#: Deliveries of one measurement that may start; the next one stores a failure.
+MAX_DELIVERIES = 3
+
+
+def soft_time_limit_s(settings: Settings) -> float:
+    """The longest a measurement the API accepts may run, with its set-up.
+
+    A probe may wait for the connect timeout up to four times (stream probe,
+    sample, snapshot, teardown); a ping is held to the sample length by spec.py.
+    """
+    return (
+        settings.max_sample_duration_s
+        + 4 * settings.connect_timeout_s
+        + TASK_OVERHEAD_S
+    )
+
+
+def hard_time_limit_s(settings: Settings) -> float:
+    """After this long the pool process running a task is killed."""
+    return soft_time_limit_s(settings) + HARD_LIMIT_GRACE_S
+
+
+def deliveries_key(task_id: str, index: int) -> str:
+    """How many deliveries of subtask `index` started (next to its run claim)."""
+    return keys.run_claim_key(task_id, index) + ":deliveries"
+
+
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
 
 class RunClaims:
     """Acquire the right to measure subtask `index` of a task."""
@@ -26,12 +71,11 @@ class RunClaims:
     def __init__(self, client: Any, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self.ttl_s = int(
-            settings.max_sample_duration_s + 4 * settings.connect_timeout_s + 60
-        )
+        self.ttl_s = math.ceil(hard_time_limit_s(settings))
+        self._take_over = client.register_script(_TAKE_OVER)
 
     def acquire(self, task_id: str, index: int, owner: str) -> bool:
-        """True if this owner may measure; False if a live process already does."""
+        """True if this owner may measure; False if a live slot already does."""
         key = keys.run_claim_key(task_id, index)
         with store_errors(self.settings.redis_url):
             if self.redis.set(key, owner, nx=True, ex=self.ttl_s):
@@ -39,27 +83,63 @@ class RunClaims:
             holder = self.redis.get(key)
             if holder is None:
                 return bool(self.redis.set(key, owner, nx=True, ex=self.ttl_s))
+
             holder = holder.decode()
-            if holder == owner or not _holder_alive(holder):
-                logger.info("claim of %s on %s taken over by %s", holder, key, owner)
-                self.redis.set(key, owner, ex=self.ttl_s)
-                return True
-        return False
+            if holder != owner and holder_alive(holder):
+                return False
+            # Compare-and-set: of two slots taking over the same dead claim at
+            # once, only the one that still sees the dead owner wins.
+            if not self._take_over(keys=[key], args=[holder, owner, self.ttl_s]):
+                return False
+        logger.info("claim %s of slot %s taken over by %s", key, holder, owner)
+        return True
+
+    def count_delivery(self, task_id: str, index: int) -> int:
+        """Count one more delivery that starts measuring; the count so far."""
+        key = deliveries_key(task_id, index)
+        with store_errors(self.settings.redis_url):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, self.settings.result_ttl_s)
+            count, _ = pipe.execute()
+        return int(count)
 
 
-def _holder_alive(holder: str) -> bool:
-    """Whether the process named `host:pid:thread` still runs.
+def current_owner() -> str:
+    """This pool slot as a claim records it: host:pid:start time:thread."""
+    pid = os.getpid()
+    started = process_start_ticks(pid)
+    return f"{socket.gethostname()}:{pid}:{started}:{threading.get_ident()}"
+
+
+def process_start_ticks(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot), "" if unknown.
+
+    NOTE: a pid alone is not enough: a restarted container numbers its
+    processes as it did before, so a new pool process may get the pid of the
+    dead one that holds a claim.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return ""
+    # Field 22 of stat(5); fields[0] here is field 3, after "pid (comm)".
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether the slot named `host:pid:start:thread` may still be measuring.
 
     Off this host it cannot be known, so the claim is left to expire.
     """
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
+    host, pid, started, thread = (holder.split(":") + ["", "", "", ""])[:4]
     if host != socket.gethostname() or not pid.isdigit():
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    if process_start_ticks(int(pid)) != started:
+        # Gone, or the pid now belongs to another process.
         return False
-    except PermissionError:
-        return True
+    if int(pid) == os.getpid() and thread.isdigit():
+        # A slot of this very process: alive only if that thread still runs.
+        return any(t.ident == int(thread) for t in threading.enumerate())
     return True

@@ -1,0 +1,283 @@
+"""A camera simulator: an RTSP server on GStreamer's gst-rtsp-server.
+
+Run it with Debian's interpreter, which has python3-gi (the venv has not):
+
+    /usr/bin/python3 camtester/devtools/rtsp_server.py --port 8554 \
+        --mount clean=var/test-media/v1/clean.mp4 --pattern live \
+        --auth clean=viewer:secret
+
+Each client of a file mount gets its own pipeline that plays the file from its
+start, so sample time 0 is file time 0. Video goes out as H.264, audio as AAC
+(RFC 3640) when the file has it, over RTP/UDP and RTP/TCP interleaved. A
+pattern mount is a live, endless test picture and tone. Once listening it
+prints `READY <address> <port>` on stdout. This file imports only the standard
+library and gi, because it runs outside the venv and outside the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import signal
+import sys
+from pathlib import Path
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstPbutils", "1.0")
+gi.require_version("GstRtsp", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstPbutils, GstRtsp, GstRtspServer
+
+# NOTE: before any class below derives from a GStreamer type: registering the
+# subclass needs GstMessage and friends, which exist only after Gst.init.
+Gst.init(None)
+
+ANONYMOUS_ROLE = "anonymous"
+
+# Demuxers by the container caps the discoverer reports.
+DEMUXERS = {
+    "video/quicktime": "qtdemux",
+    "video/mpegts": "tsdemux",
+    "video/x-matroska": "matroskademux",
+    "video/webm": "matroskademux",
+}
+
+VIDEO_PAY = "rtph264pay name=pay{n} pt={pt} config-interval=-1"
+AUDIO_PAY = "rtpmp4gpay name=pay{n} pt={pt}"
+
+PATTERN = (
+    "videotestsrc is-live=true pattern=smpte horizontal-speed=4"
+    " ! video/x-raw,width=640,height=360,framerate=25/1 ! videoconvert"
+    " ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25"
+    " bitrate=800 ! video/x-h264,profile=constrained-baseline"
+    " ! h264parse ! " + VIDEO_PAY.format(n=0, pt=96) + " audiotestsrc is-live=true"
+    " wave=sine freq=440 volume=0.25 ! audio/x-raw,rate=48000,channels=1"
+    " ! audioconvert ! avenc_aac ! aacparse ! " + AUDIO_PAY.format(n=1, pt=97)
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8554, help="0 picks a free one")
+    parser.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="serve FILE at rtsp://address:port/NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--pattern",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve a live endless test picture and tone at /NAME",
+    )
+    parser.add_argument(
+        "--auth",
+        action="append",
+        default=[],
+        metavar="NAME=USER:PASSWORD",
+        help="mount NAME requires basic auth with these credentials",
+    )
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def mount_path(name: str) -> str:
+    """The mount point of NAME: "/" + NAME, which may itself hold "/", "+", "="."""
+    return "/" + name.lstrip("/")
+
+
+class FileMedia(GstRtspServer.RTSPMedia):
+    """A media that always knows its start (0) and its stop (the file's length).
+
+    The default position query answers -1 while an AAC stream from an MP4 with
+    an edit list (ffmpeg writes one for the encoder's priming samples) is
+    prerolled, and tsdemux knows no duration; the SDP would then say
+    `a=range:npt=now-` and clients take the file for a live stream of unknown
+    length. The vfuncs get a bare gint64 pointer, written through ctypes.
+    """
+
+    duration_ns = -1
+
+    def do_query_position(self, position: int) -> bool:
+        ok = GstRtspServer.RTSPMedia.do_query_position(self, position)
+        value = ctypes.c_int64.from_address(position)
+        if not ok or value.value < 0:
+            value.value = 0
+        return True
+
+    def do_query_stop(self, stop: int) -> bool:
+        ok = GstRtspServer.RTSPMedia.do_query_stop(self, stop)
+        value = ctypes.c_int64.from_address(stop)
+        if (not ok or value.value < 0) and self.duration_ns > 0:
+            value.value = self.duration_ns
+            return True
+        return ok
+
+
+def media_type(duration_ns: int) -> type[FileMedia]:
+    """A FileMedia subclass (a GType of its own) that knows this duration."""
+    name = f"CamtesterFileMedia{duration_ns}"
+    existing = _MEDIA_TYPES.get(name)
+    if existing is None:
+        existing = type(name, (FileMedia,), {"duration_ns": duration_ns})
+        _MEDIA_TYPES[name] = existing
+    return existing
+
+
+_MEDIA_TYPES: dict[str, type[FileMedia]] = {}
+
+
+def discover(path: Path) -> tuple[str, bool, bool, int]:
+    """The demuxer for `path`, whether it has video and audio, its length in ns."""
+    discoverer = GstPbutils.Discoverer.new(10 * Gst.SECOND)
+    info = discoverer.discover_uri(path.resolve().as_uri())
+    has_video = bool(info.get_video_streams())
+    has_audio = bool(info.get_audio_streams())
+    container = info.get_stream_info()
+    caps = container.get_caps() if container is not None else None
+    name = caps.get_structure(0).get_name() if caps is not None else ""
+    if name not in DEMUXERS:
+        raise SystemExit(f"{path}: unsupported container {name!r}")
+    return DEMUXERS[name], has_video, has_audio, info.get_duration()
+
+
+def file_factory(path: Path) -> GstRtspServer.RTSPMediaFactory:
+    """A factory whose every client gets `path` from its start, H.264 first."""
+    demuxer, has_video, has_audio, duration_ns = discover(path)
+    location = str(path.resolve()).replace('"', '\\"')
+    parts = [f'filesrc location="{location}" ! {demuxer} name=d']
+    n = 0
+    # Linking "d." through a caps filter picks the demuxer pad with those caps.
+    if has_video:
+        pay = VIDEO_PAY.format(n=n, pt=96 + n)
+        parts.append(f"d. ! video/x-h264 ! queue ! h264parse ! {pay}")
+        n += 1
+    if has_audio:
+        pay = AUDIO_PAY.format(n=n, pt=96 + n)
+        parts.append(f"d. ! audio/mpeg ! queue ! aacparse ! {pay}")
+
+    factory = make_factory("( " + " ".join(parts) + " )", shared=False)
+    factory.set_media_gtype(media_type(duration_ns).__gtype__)
+    return factory
+
+
+def make_factory(launch: str, *, shared: bool) -> GstRtspServer.RTSPMediaFactory:
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(launch)
+    factory.set_shared(shared)
+    factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP | GstRtsp.RTSPLowerTrans.TCP)
+    return factory
+
+
+def allow(
+    factory: GstRtspServer.RTSPMediaFactory, every_role: list[str], role: str | None
+) -> None:
+    """Let `role` (or, for an open mount, every role) play the factory's media.
+
+    Every role may *access* every factory: gst-rtsp-server answers a missing
+    access right with 404 but a missing construct right with 401 and a
+    challenge, and clients such as ffmpeg only send credentials after one.
+    """
+    permissions = GstRtspServer.RTSPPermissions()
+    for each in every_role:
+        permissions.add_role(each)
+        permissions.add_permission_for_role(
+            each, GstRtspServer.RTSP_PERM_MEDIA_FACTORY_ACCESS, True
+        )
+        permissions.add_permission_for_role(
+            each,
+            GstRtspServer.RTSP_PERM_MEDIA_FACTORY_CONSTRUCT,
+            role is None or each == role,
+        )
+    factory.set_permissions(permissions)
+
+
+def build_auth(
+    credentials: dict[str, tuple[str, str]],
+) -> tuple[GstRtspServer.RTSPAuth, dict[str, str]]:
+    """Basic auth with one role per distinct credential pair; mount -> role."""
+    auth = GstRtspServer.RTSPAuth()
+    anonymous = GstRtspServer.RTSPToken()
+    anonymous.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, ANONYMOUS_ROLE)
+    auth.set_default_token(anonymous)
+
+    roles: dict[tuple[str, str], str] = {}
+    for pair in credentials.values():
+        if pair in roles:
+            continue
+        roles[pair] = f"user{len(roles)}"
+        token = GstRtspServer.RTSPToken()
+        token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, roles[pair])
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(*pair), token)
+    return auth, {mount: roles[pair] for mount, pair in credentials.items()}
+
+
+def build_server(args: argparse.Namespace) -> GstRtspServer.RTSPServer:
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.address)
+    server.set_service(str(args.port))
+    mounts = server.get_mount_points()
+
+    factories: dict[str, GstRtspServer.RTSPMediaFactory] = {}
+    for item in args.mount:
+        # A mount name may end in base64 padding "=", so split at the last "=".
+        name, _, file = item.rpartition("=")
+        if not name or not file:
+            raise SystemExit(f"bad --mount: {item!r}")
+        factories[mount_path(name)] = file_factory(Path(file))
+    for name in args.pattern:
+        factories[mount_path(name)] = make_factory(PATTERN, shared=False)
+
+    credentials = dict(split_auth(item, list(factories)) for item in args.auth)
+    auth, mount_roles = build_auth(credentials)
+    every_role = [ANONYMOUS_ROLE, *sorted(set(mount_roles.values()))]
+    server.set_auth(auth)
+
+    for path, factory in factories.items():
+        allow(factory, every_role, mount_roles.get(path))
+        mounts.add_factory(path, factory)
+    return server
+
+
+def split_auth(item: str, paths: list[str]) -> tuple[str, tuple[str, str]]:
+    """Split NAME=USER:PASSWORD, where NAME and PASSWORD may both hold "=".
+
+    NAME is the longest mount name that `item` starts with, followed by "=".
+    """
+    names = sorted((p[1:] for p in paths), key=len, reverse=True)
+    for name in names:
+        if item.startswith(name + "="):
+            user, _, password = item[len(name) + 1 :].partition(":")
+            if not user or not password:
+                break
+            return mount_path(name), (user, password)
+    raise SystemExit(f"bad --auth (NAME=USER:PASSWORD, NAME a mount): {item!r}")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    server = build_server(args)
+    loop = GLib.MainLoop()
+    if server.attach(None) == 0:
+        print(f"cannot listen on {args.address}:{args.port}", file=sys.stderr)
+        return 1
+
+    if args.verbose:
+        server.connect(
+            "client-connected", lambda _s, c: print("client", c, file=sys.stderr)
+        )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, loop.quit)
+    print(f"READY {args.address} {server.get_bound_port()}", flush=True)
+    loop.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

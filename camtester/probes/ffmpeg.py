@@ -1,0 +1,496 @@
+"""Running ffmpeg: version-aware input options, a bounded run, and error mapping.
+
+Every ffmpeg camtester starts goes through `run_ffmpeg`, which guarantees that no
+ffmpeg outlives its call: it runs in its own process group, the kernel kills it if
+the worker dies, and the group is SIGKILLed on timeout, on any exception and in the
+`finally`. stderr is drained by a thread so that a flood of messages cannot block
+ffmpeg; only a bounded tail is kept for error messages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, Self
+from urllib.parse import quote
+
+from camtester.errors import (
+    MeasurementError,
+    MeasurementInternal,
+    SetupError,
+    TargetNotFound,
+    TargetRefused,
+    TargetTimeout,
+    TargetUnauthorized,
+    TargetUnresolvable,
+    TargetUnsupported,
+)
+from camtester.settings import Settings, get_settings
+from camtester.uris import (
+    MASK,
+    mask_uri,
+    scheme_of,
+    strip_credentials,
+    with_encoded_credentials,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Lines of stderr kept for error messages.
+TAIL_LINES = 50
+#: Characters of stderr kept for error messages.
+TAIL_CHARS = 64 * 1024
+#: Longest stderr line kept; a longer one is cut (ffmpeg never writes one on purpose).
+MAX_LINE_CHARS = 4096
+#: Lines of stderr copied to the debug log per run; the rest are only counted.
+DEBUG_LOG_LINES = 200
+#: Lines of stderr quoted in a MeasurementInternal message.
+MESSAGE_LINES = 5
+
+#: Protocols ffmpeg may open for each URI scheme (`-protocol_whitelist`). The RTSP
+#: demuxer opens tcp/tls for its control connection and rtp/udp for UDP transport;
+#: HLS over http may fetch https segments and decrypt them (crypto).
+PROTOCOL_WHITELIST: dict[str, str] = {
+    "rtsp": "rtsp,rtp,udp,tcp",
+    "rtsps": "rtsps,rtsp,rtp,srtp,udp,tcp,tls",
+    "http": "http,https,tcp,tls,crypto",
+    "https": "http,https,tcp,tls,crypto",
+    "rtmp": "rtmp,tcp",
+    "rtmps": "rtmps,rtmp,tcp,tls",
+    "srt": "srt",
+    "udp": "udp",
+    "file": "file",
+}
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class FfmpegRun:
+    """How one ffmpeg run ended."""
+
+    #: Exit status; negative for a signal (as subprocess reports it).
+    returncode: int | None
+    #: The last lines of stderr, credentials masked.
+    stderr_tail: str
+    elapsed_s: float
+    #: The wall timeout expired and camtester stopped ffmpeg.
+    timed_out: bool
+    #: ffmpeg had to be SIGKILLed (it did not stop on SIGINT in time).
+    killed: bool
+
+    @property
+    def ok(self) -> bool:
+        """ffmpeg finished by itself with status 0."""
+        return self.returncode == 0 and not self.timed_out
+
+
+# -- version and command line -------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def ffmpeg_version(path: str) -> tuple[int, int]:
+    """(major, minor) of the ffmpeg at `path`, asked once per path."""
+    try:
+        done = subprocess.run(
+            [path, "-hide_banner", "-version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=15,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SetupError(f"ffmpeg at {path!r} cannot be run: {exc}") from exc
+    first_line = done.stdout.decode("utf-8", "replace").partition("\n")[0]
+    if done.returncode != 0 or not first_line.startswith("ffmpeg version"):
+        raise SetupError(f"{path!r} does not answer -version like ffmpeg")
+    return parse_version(first_line)
+
+
+def parse_version(first_line: str) -> tuple[int, int]:
+    """Parse "ffmpeg version 5.1.9-0+deb12u1 ..." (or "n6.1", "N-1234-g..") ."""
+    match = re.match(r"ffmpeg version n?(\d+)\.(\d+)", first_line)
+    if match:
+        return int(match.group(1)), int(match.group(2))
+
+    # A build from git master ("N-112233-gdeadbeef") is newer than any release.
+    logger.warning("Unknown ffmpeg version %r; assuming a recent one.", first_line)
+    return 99, 0
+
+
+def base_args(settings: Settings | None = None, *, loglevel: str = "info") -> list[str]:
+    """The start of every ffmpeg command line: binary, no stdin, no banner, no stats."""
+    settings = settings or get_settings()
+    return [
+        settings.ffmpeg_path,
+        "-nostdin",
+        "-hide_banner",
+        "-nostats",
+        "-loglevel",
+        loglevel,
+    ]
+
+
+def is_local_file(uri: str) -> bool:
+    """A schemeless path or a file: URI (only the CLI may pass one)."""
+    scheme = scheme_of(uri)
+    # A Windows-like "c:/x" has a one-letter scheme; treat it as a path too.
+    return scheme in ("", "file") or len(scheme) == 1
+
+
+def input_args(
+    uri: str,
+    *,
+    transport: str = "tcp",
+    connect_timeout_s: float | None = None,
+    settings: Settings | None = None,
+) -> list[str]:
+    """The input options for `uri`, ending with `-i <uri>`.
+
+    Chooses the timeout option the installed ffmpeg understands for the scheme and
+    limits the protocols ffmpeg may open to what the scheme needs. Options that
+    apply to the same input (e.g. `-t`, `-threads`) may stand before these.
+    """
+    settings = settings or get_settings()
+    timeout_s = (
+        settings.connect_timeout_s if connect_timeout_s is None else connect_timeout_s
+    )
+    if transport not in ("tcp", "udp"):
+        raise ValueError(f"transport must be tcp or udp, not {transport!r}")
+
+    if is_local_file(uri):
+        path = uri.removeprefix("file:")
+        # The "file:" prefix stops ffmpeg from reading "a:b.mp4" as protocol "a".
+        return ["-protocol_whitelist", "file", "-i", "file:" + os.path.abspath(path)]
+
+    scheme = scheme_of(uri)
+    if scheme not in PROTOCOL_WHITELIST:
+        raise TargetUnsupported(f"camtester cannot read {scheme}:// streams")
+    version = ffmpeg_version(settings.ffmpeg_path)
+    options = ["-protocol_whitelist", PROTOCOL_WHITELIST[scheme]]
+    options += _timeout_options(scheme, version, timeout_s)
+    if scheme in ("rtsp", "rtsps"):
+        options += ["-rtsp_transport", transport]
+    return [*options, "-i", with_encoded_credentials(uri)]
+
+
+def _timeout_options(
+    scheme: str, version: tuple[int, int], timeout_s: float
+) -> list[str]:
+    """Socket timeout options: connect and read give up after `timeout_s`."""
+    micros = str(max(1, int(timeout_s * 1_000_000)))
+    if scheme in ("rtsp", "rtsps"):
+        # ffmpeg 5 renamed the RTSP socket timeout -stimeout to -timeout; in 4.x
+        # -timeout meant "listen for an incoming connection" and must not be used.
+        return ["-timeout" if version >= (5, 0) else "-stimeout", micros]
+    if scheme in ("http", "https"):
+        # http's -timeout reaches the TCP connect; -rw_timeout covers every read.
+        return ["-timeout", micros, "-rw_timeout", micros]
+    if scheme in ("rtmp", "rtmps"):
+        # rtmp's own -timeout is a listen timeout in seconds: only -rw_timeout.
+        return ["-rw_timeout", micros]
+    # srt and udp: -timeout in microseconds for socket reads.
+    return ["-timeout", micros]
+
+
+# -- running --------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: have the kernel SIGKILL ffmpeg when the worker process dies.
+
+    A Celery hard time limit SIGKILLs only the pool process; ffmpeg sits in a
+    session of its own and would live on, still reading the camera. NOTE: the
+    signal fires when the *thread* that started ffmpeg ends, which is safe
+    because `run_ffmpeg` blocks that thread until ffmpeg has been reaped.
+    """
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    # The parent may have died between fork and prctl: then nobody kills us.
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class _StderrTail:
+    """Drains ffmpeg's stderr line by line, keeping a bounded tail."""
+
+    def __init__(self, sink: Callable[[str], None] | None) -> None:
+        self.lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self.sink = sink
+        self.count = 0
+
+    def pump(self, stream: IO[bytes]) -> None:
+        sink_failed = False
+        for raw in stream:
+            line = mask_uri(raw[:MAX_LINE_CHARS].decode("utf-8", "replace").rstrip())
+            self.count += 1
+            self.lines.append(line)
+            if self.count <= DEBUG_LOG_LINES:
+                logger.debug("ffmpeg: %s", line)
+            if self.sink is not None and not sink_failed:
+                try:
+                    self.sink(line)
+                except Exception:
+                    # Keep draining: a stopped reader would block ffmpeg.
+                    logger.exception("The stderr sink failed; ignoring it from here.")
+                    sink_failed = True
+
+        if self.count > DEBUG_LOG_LINES:
+            logger.debug(
+                "ffmpeg: %d further stderr lines not logged",
+                self.count - DEBUG_LOG_LINES,
+            )
+
+    def text(self) -> str:
+        return "\n".join(self.lines)[-TAIL_CHARS:]
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    # start_new_session made ffmpeg the leader of a group whose id is its pid.
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float) -> bool:
+    """Stop ffmpeg after a timeout; True if it had to be SIGKILLed.
+
+    With a grace period, ffmpeg first gets SIGINT, on which it stops reading and
+    finishes its outputs, so that what it analysed so far is not lost. A second
+    SIGINT breaks a read that blocks forever (ffmpeg honours only the second one
+    while inside I/O).
+    """
+    for _ in range(2 if grace_s > 0 else 0):
+        _signal_group(proc, signal.SIGINT)
+        try:
+            proc.wait(timeout=grace_s / 2)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def run_ffmpeg(
+    argv: Sequence[str],
+    *,
+    wall_timeout_s: float,
+    stderr_sink: Callable[[str], None] | None = None,
+    pass_fds: Iterable[int] = (),
+    interrupt_grace_s: float = 0.0,
+) -> FfmpegRun:
+    """Run ffmpeg to its end or for at most `wall_timeout_s` (+ the grace period).
+
+    `stderr_sink` gets every stderr line (masked, without newline) as it comes, from
+    a reader thread. `pass_fds` stay open in ffmpeg, e.g. pipes for `pipe:N` outputs.
+    On timeout, ffmpeg gets `interrupt_grace_s` to finish its outputs after SIGINT
+    before SIGKILL. Raises SetupError if the binary cannot be started.
+    """
+    logger.debug("Running %s", mask_uri(" ".join(argv)))
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+            # The hook only calls prctl through an already loaded libc; it takes
+            # no lock that another thread could hold at fork time.
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+    except OSError as exc:
+        raise SetupError(f"ffmpeg at {argv[0]!r} cannot be started: {exc}") from exc
+
+    tail = _StderrTail(stderr_sink)
+    assert proc.stderr is not None
+    reader = threading.Thread(target=tail.pump, args=(proc.stderr,), daemon=True)
+    reader.start()
+    timed_out = killed = False
+    try:
+        proc.wait(timeout=wall_timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        logger.warning("ffmpeg ran past its %.1fs limit; stopping it.", wall_timeout_s)
+        killed = _stop(proc, interrupt_grace_s)
+    finally:
+        # Also on KeyboardInterrupt, a Celery soft time limit or any other error.
+        if proc.returncode is None:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+            killed = True
+        reader.join(timeout=5)
+        proc.stderr.close()
+
+    elapsed = time.monotonic() - started
+    logger.debug("ffmpeg exited %s after %.1fs", proc.returncode, elapsed)
+    return FfmpegRun(proc.returncode, tail.text(), elapsed, timed_out, killed)
+
+
+class PipeCollector:
+    """A pipe ffmpeg writes into (`pipe:N`), drained into memory by a thread.
+
+    Use as a context manager around `run_ffmpeg(..., pass_fds=[p.fd])`; `data()`
+    closes our copy of the write end (so the reader sees the end) and returns all
+    bytes, at most `max_bytes` (the rest is read and dropped).
+    """
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        read_fd, self.fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb", buffering=0)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._max = max_bytes
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The ffmpeg URL that writes into this pipe."""
+        return f"pipe:{self.fd}"
+
+    @property
+    def path(self) -> str:
+        """The same pipe as a path, which needs no escaping inside a filter graph."""
+        return f"/dev/fd/{self.fd}"
+
+    def _drain(self) -> None:
+        while chunk := self._reader.read(65536):
+            if self._size < self._max:
+                self._chunks.append(chunk[: self._max - self._size])
+                self._size += len(chunk)
+
+    def close_write_end(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def data(self) -> bytes:
+        self.close_write_end()
+        self._thread.join()
+        return b"".join(self._chunks)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_write_end()
+        self._thread.join(timeout=5)
+        self._reader.close()
+
+
+# -- error mapping ----------------------------------------------------------------
+
+# (phrases, exception class, message for a person); the first match wins, so the
+# specific answers of a server come before the generic socket errors.
+_FAILURE_TABLE: list[tuple[tuple[str, ...], type[MeasurementError], str]] = [
+    (
+        ("401 Unauthorized", "authorization failed", "403 Forbidden"),
+        TargetUnauthorized,
+        "the stream asks for credentials that are missing or wrong",
+    ),
+    (
+        ("404 Not Found", "No such file or directory", "Stream not found"),
+        TargetNotFound,
+        "the stream path does not exist",
+    ),
+    (("Connection refused",), TargetRefused, "the connection was refused"),
+    (
+        (
+            "Failed to resolve hostname",
+            "Name or service not known",
+            "Temporary failure in name resolution",
+            "No address associated",
+        ),
+        TargetUnresolvable,
+        "the host name does not resolve",
+    ),
+    (
+        ("timed out", "Timeout", "No route to host", "Network is unreachable"),
+        TargetTimeout,
+        "the stream did not answer within the timeout",
+    ),
+    (
+        (
+            "Protocol not found",
+            "not on whitelist",
+            "Invalid data found",
+            "Unsupported transport",
+            "461 ",
+            "not supported",
+            "Unknown input format",
+        ),
+        TargetUnsupported,
+        "the stream uses a protocol or format camtester cannot read",
+    ),
+]
+_FAILURES = [
+    (re.compile("|".join(map(re.escape, phrases)), re.IGNORECASE), error, text)
+    for phrases, error, text in _FAILURE_TABLE
+]
+
+# ffmpeg rejecting its own command line: this worker's ffmpeg does not fit.
+_SETUP_FAILURE = re.compile(
+    r"Unrecognized option|Option not found|Error splitting the argument list|"
+    r"No such filter|Unknown encoder|Error parsing options",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str, uri: str) -> str:
+    """`text` with the credentials of `uri` masked, also outside of a URI."""
+    text = mask_uri(text)
+    _, _, password = strip_credentials(uri)
+    if password:
+        for secret in (password, quote(password, safe="")):
+            text = text.replace(secret, MASK)
+    return text
+
+
+def classify_failure(run: FfmpegRun, uri: str) -> MeasurementError | SetupError:
+    """The exception that says why `run` could not read `uri`."""
+    tail = redact(run.stderr_tail, uri)
+    if _SETUP_FAILURE.search(tail):
+        return SetupError(
+            f"this worker's ffmpeg rejected camtester's options: {_last_lines(tail)}"
+        )
+
+    for pattern, error, text in _FAILURES:
+        if pattern.search(tail):
+            return error(f"{text} ({mask_uri(uri)})")
+
+    if run.timed_out:
+        return TargetTimeout(
+            f"the stream sent nothing usable within {run.elapsed_s:.0f}s ({mask_uri(uri)})"
+        )
+    return MeasurementInternal(
+        f"ffmpeg exited with status {run.returncode}: {_last_lines(tail)}"
+    )
+
+
+def raise_for_failure(run: FfmpegRun, uri: str) -> None:
+    """Raise the MeasurementError (or SetupError) that fits a failed run; else nothing."""
+    if run.ok:
+        return
+    raise classify_failure(run, uri)
+
+
+def _last_lines(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-MESSAGE_LINES:]) or "no message"

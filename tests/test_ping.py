@@ -1,0 +1,231 @@
+"""Ping over real ICMP to loopback: figures, options, fan-out and concurrency."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from typing import Any
+
+import pytest
+
+from camtester.errors import CamtesterError, InvalidInput
+from camtester.network import icmp_engine, icmp_wire
+from camtester.network.ping import ping_host, ping_many, validate_options
+
+
+def assert_clean_run(payload: dict[str, Any], count: int, address: str) -> None:
+    """Every request answered: the figures a clean loopback run must have."""
+    assert payload["address"] == address
+    assert payload["packets_sent"] == count
+    assert payload["packets_received"] == count
+    assert payload["packet_loss"] == 0.0
+    assert payload["min_rtt_ms"] > 0
+    assert payload["min_rtt_ms"] <= payload["avg_rtt_ms"] <= payload["max_rtt_ms"]
+    assert payload["std_dev_rtt_ms"] >= 0
+
+
+def test_loopback_answers_every_request() -> None:
+    payload = ping_host("127.0.0.1", count=20, interval_s=0.05)
+
+    assert_clean_run(payload, 20, "127.0.0.1")
+    assert set(payload) == {
+        "packets_sent",
+        "packets_received",
+        "packet_loss",
+        "min_rtt_ms",
+        "avg_rtt_ms",
+        "max_rtt_ms",
+        "std_dev_rtt_ms",
+        "address",
+    }
+
+
+def test_localhost_reports_the_address_it_resolved_to() -> None:
+    payload = ping_host("localhost", count=3, interval_s=0.01)
+
+    assert_clean_run(payload, 3, "127.0.0.1")
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this machine")
+def test_ipv6_loopback_answers_every_request() -> None:
+    payload = ping_host("::1", count=10, interval_s=0.01)
+
+    assert_clean_run(payload, 10, "::1")
+
+
+def test_a_thousand_targets_at_once_each_get_every_reply() -> None:
+    # The field case: one socket per target made each see every reply, and most
+    # targets counted 1 to 3 of 20. 1,000 loopback addresses, 20 requests each.
+    hosts = [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+
+    results = ping_many(hosts, count=20, interval_s=0.05, timeout_s=1.0)
+
+    assert list(results) == hosts
+    short = {h: r for h, r in results.items() if not isinstance(r, dict)}
+    assert short == {}
+    received = {h: r["packets_received"] for h, r in results.items()}
+    assert received == dict.fromkeys(hosts, 20)
+    assert all(results[h]["address"] == h for h in hosts)
+
+
+def test_fifty_threads_pinging_at_once_each_get_every_reply() -> None:
+    hosts = [f"127.0.1.{i}" for i in range(1, 51)]
+    results: dict[str, dict[str, Any] | CamtesterError] = {}
+    barrier = threading.Barrier(len(hosts))
+
+    def run(host: str) -> None:
+        barrier.wait()
+        try:
+            results[host] = ping_host(host, count=20, interval_s=0.05)
+        except CamtesterError as exc:  # reported through the assertions below
+            results[host] = exc
+
+    threads = [threading.Thread(target=run, args=(host,)) for host in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(results) == sorted(hosts)
+    for host in hosts:
+        assert isinstance(results[host], dict), results[host]
+        assert_clean_run(results[host], 20, host)
+
+
+def test_two_runs_to_one_address_at_once_keep_their_replies_apart() -> None:
+    results: list[dict[str, Any]] = []
+    threads = [
+        threading.Thread(
+            target=lambda n=n: results.append(
+                ping_host("127.0.0.9", count=n, interval_s=0.01)
+            )
+        )
+        for n in (15, 25)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    counts = sorted((r["packets_sent"], r["packets_received"]) for r in results)
+    assert counts == [(15, 15), (25, 25)]
+
+
+def test_ping_many_keeps_order_and_pings_a_repeated_host_once() -> None:
+    results = ping_many(
+        ["127.0.0.3", "127.0.0.2", "127.0.0.3"], count=4, interval_s=0.01
+    )
+
+    assert list(results) == ["127.0.0.3", "127.0.0.2"]
+    for host, payload in results.items():
+        assert isinstance(payload, dict)
+        assert_clean_run(payload, 4, host)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"count": 0}, "count"),
+        ({"count": 10001}, "count"),
+        ({"count": True}, "count"),
+        ({"count": 2.0}, "count"),
+        ({"interval_s": 0.0005}, "interval"),
+        ({"interval_s": 0}, "interval"),
+        ({"interval_s": float("nan")}, "interval"),
+        ({"interval_s": "0.1"}, "interval"),
+        ({"interval_s": 61}, "interval"),
+        ({"timeout_s": 0}, "timeout"),
+        ({"timeout_s": -1.0}, "timeout"),
+        ({"timeout_s": float("inf")}, "timeout"),
+        ({"timeout_s": 60.5}, "timeout"),
+    ],
+)
+def test_options_out_of_range_name_their_field(
+    options: dict[str, Any], field: str
+) -> None:
+    values: dict[str, Any] = {"count": 5, "interval_s": 0.1, "timeout_s": 1.0}
+    values.update(options)
+
+    with pytest.raises(InvalidInput, match=rf"^{field} must be"):
+        validate_options(values["count"], values["interval_s"], values["timeout_s"])
+    with pytest.raises(InvalidInput, match=rf"^{field} must be"):
+        ping_host("127.0.0.1", **values)
+
+
+def test_options_at_their_bounds_are_accepted() -> None:
+    validate_options(1, 0.001, 60.0)
+    validate_options(10000, 60.0, 0.001)
+
+
+@pytest.mark.parametrize("host", ["", "  ", "cam 17", "cam\n17", "a" * 254, None])
+def test_malformed_host_is_invalid_input(host: Any) -> None:
+    with pytest.raises(InvalidInput, match="^host must be"):
+        ping_host(host, count=1)
+
+
+def test_malformed_host_in_a_list_names_its_index() -> None:
+    with pytest.raises(InvalidInput, match=r"^hosts\[1\] must be"):
+        ping_many(["127.0.0.1", ""], count=1)
+
+
+def test_bracketed_ipv6_literal_is_accepted() -> None:
+    if not _has_ipv6_loopback():
+        pytest.skip("no ::1 on this machine")
+
+    assert ping_host("[::1]", count=2, interval_s=0.01)["packets_received"] == 2
+
+
+def _ones_complement_sum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def test_raw_ipv4_requests_carry_a_valid_checksum() -> None:
+    # An RFC 1071 checksum makes the one's-complement sum of the packet 0xFFFF.
+    engine = icmp_engine.get_engine(socket.AF_INET)
+    if not engine.channel.privileged:
+        pytest.skip("the kernel fills the checksum on an unprivileged socket")
+    template = engine.template
+
+    for sequence in (0, 1, 0x7FFF, 0xFFFF):
+        packet = template.packet(sequence)
+        assert _ones_complement_sum(packet) == 0xFFFF
+        assert struct.unpack_from("!BBxxHH", packet) == (
+            8,
+            0,
+            template.identifier,
+            sequence,
+        )
+
+
+def test_replies_to_other_programs_are_not_ours() -> None:
+    # Replies shaped as a raw IPv4 socket would see them (20-byte IP header first).
+    engine = icmp_engine.get_engine(socket.AF_INET)
+    if not engine.channel.privileged:
+        pytest.skip("only a raw socket sees other programs' replies")
+    template = engine.template
+    ip_header = bytes([0x45]) + bytes(19)
+
+    def reply(kind: int, identifier: int, payload: bytes) -> bytes:
+        return ip_header + struct.pack("!BBHHH", kind, 0, 0, identifier, 7) + payload
+
+    ours = reply(0, template.identifier, template.payload)
+    assert icmp_wire.parse_reply(engine.channel, template, ours) == 7
+    other_id = reply(0, template.identifier ^ 1, template.payload)
+    assert icmp_wire.parse_reply(engine.channel, template, other_id) is None
+    other_payload = reply(0, template.identifier, bytes(56))
+    assert icmp_wire.parse_reply(engine.channel, template, other_payload) is None
+    request = reply(8, template.identifier, template.payload)
+    assert icmp_wire.parse_reply(engine.channel, template, request) is None
