@@ -30,6 +30,10 @@ def _create_app() -> Any:
 @click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False)
 def main() -> None:
     """camtester: tests IP cameras over ICMP and ffmpeg."""
+    # Before Flask makes the app: a root handler stops it adding its own, which
+    # would print every camtester line twice.
+    level = os.environ.get("CAMTESTER_LOG_LEVEL", "WARNING")
+    configure_logging(get_settings().log_format, level)
 
 
 def _measure_and_print(task_type: str, target: str, payload: dict[str, Any]) -> None:
@@ -38,9 +42,6 @@ def _measure_and_print(task_type: str, target: str, payload: dict[str, Any]) -> 
     from camtester.spec import validate_measurement
 
     settings = get_settings()
-    configure_logging(
-        settings.log_format, os.environ.get("CAMTESTER_LOG_LEVEL", "WARNING")
-    )
     local_file = task_type != "ping" and Path(target).is_file()
     payload = {"host" if task_type == "ping" else "uri": target, **payload}
     if local_file:
@@ -155,16 +156,16 @@ def token_command(ttl: int | None) -> None:
 @click.option("--influence", type=float, default=0.5, show_default=True)
 def zscore_command(lag: int, threshold: float, influence: float) -> None:
     """Read numbers (whitespace or comma separated) on stdin; show flagged points."""
-    from camtester.probes.zscore import calibration_report
+    from camtester.probes.zscore import calibration_report, parse_series
 
-    text = sys.stdin.read().replace(",", " ")
     try:
-        values = [float(item) for item in text.split()]
-    except ValueError as exc:
-        raise click.UsageError(f"stdin must hold numbers only: {exc}") from exc
-    click.echo(
-        calibration_report(values, lag=lag, threshold=threshold, influence=influence)
-    )
+        values = parse_series(sys.stdin.read())
+        report = calibration_report(
+            values, lag=lag, threshold=threshold, influence=influence
+        )
+    except InvalidInput as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(report)
 
 
 @main.command("worker", context_settings={"ignore_unknown_options": True})

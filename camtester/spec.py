@@ -104,6 +104,7 @@ def validate_measurement(
     if task_type == "ping":
         target = validate_host(target, f"{where}.host")
         options = _ping_options(payload, where)
+        _limit_ping_time(options, settings, where)
     else:
         target = validate_stream_uri(target, settings.allowed_schemes, f"{where}.uri")
         options = _stream_options(payload, settings, where)
@@ -128,6 +129,10 @@ def validate_host(host: str, field: str) -> str:
     labels = name.split(".")
     if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
         raise InvalidInput(f"{field} must be a host name or an IP address")
+    # "127.1" or "2130706433" are no names: the resolver would read them as
+    # shorthand addresses (inet_aton), which ip_address above refused.
+    if labels[-1].isdigit():
+        raise InvalidInput(f"{field} must be a host name or an IP address")
     return host
 
 
@@ -151,6 +156,20 @@ def _ping_options(payload: dict[str, Any], where: str) -> dict[str, Any]:
     options["count"] = int(options["count"])
     options["thresholds"] = _thresholds(payload, where)
     return options
+
+
+def _limit_ping_time(options: dict[str, Any], settings: Settings, where: str) -> None:
+    """A ping may take no longer than the longest sample.
+
+    NOTE: the broker's visibility timeout and the tasks' time limits are made
+    from the longest sample; a longer ping would be delivered twice or killed.
+    """
+    longest = (options["count"] - 1) * options["interval"] + options["timeout"]
+    if longest > settings.max_sample_duration_s:
+        raise InvalidInput(
+            f"{where}: (count - 1) * interval + timeout is {longest:g} s; "
+            f"a ping may take at most {settings.max_sample_duration_s:g} s"
+        )
 
 
 def _stream_options(

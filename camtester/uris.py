@@ -9,6 +9,14 @@ from camtester.errors import InvalidInput
 
 MASK = "***"
 
+#: Schemes a camera or a restreamer speaks. A deployment may allow fewer
+#: (`CAMTESTER_ALLOWED_SCHEMES`), never others: ffmpeg would read `file:`,
+#: `concat:`, `subfile:`, `pipe:` or `data:` from the worker itself.
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp")
+
+#: Longest stream URI a task may carry.
+MAX_URI_CHARS = 2048
+
 # A credential in a URI is whatever sits between "//" and the last "@" before the
 # path. Matching it with a pattern, not urlsplit, also masks URIs that urlsplit
 # rejects, such as a password holding an unencoded "@" or "/".
@@ -31,15 +39,24 @@ def validate_stream_uri(uri: str, allowed_schemes: tuple[str, ...], field: str) 
     uri = uri.strip()
     if not uri:
         raise InvalidInput(f"{field} must be a non-empty stream URI")
-    if any(ord(ch) < 32 or ch == " " for ch in uri):
+    if len(uri) > MAX_URI_CHARS:
+        raise InvalidInput(f"{field} is longer than {MAX_URI_CHARS} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 or ch.isspace() for ch in uri):
         raise InvalidInput(f"{field} must not contain spaces or control characters")
+
     scheme = scheme_of(uri)
-    if scheme not in allowed_schemes:
-        allowed = ", ".join(allowed_schemes)
+    allowed = [s for s in allowed_schemes if s in STREAM_SCHEMES]
+    if scheme not in allowed:
         raise InvalidInput(
-            f"{field} has scheme {scheme or 'none'!r}; allowed schemes: {allowed}"
+            f"{field} has scheme {scheme or 'none'!r}; "
+            f"allowed schemes: {', '.join(allowed)}"
         )
-    parts = urlsplit(uri)
+
+    try:
+        parts = urlsplit(with_encoded_credentials(uri))
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise InvalidInput(f"{field} is not a valid URI: {exc}") from exc
     if not parts.hostname:
         raise InvalidInput(f"{field} must name a host")
     return uri

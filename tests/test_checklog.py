@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,45 +22,46 @@ def recorded(name: str) -> str:
 
 
 def test_overwritten_ts_at_check_level() -> None:
-    # 36 "error while decoding MB" + 1 "decode_slice_header error" + 1 "Error while
-    # decoding stream" after the "Input #0" line; the 3 "error while decoding MB"
-    # before it come from the stream probe and are decoded again after it. The
-    # cause lines ("Reference 5 >= 4", "cabac decode ...") and the 43 "concealing"
-    # lines do not count.
+    # After the "Input #0" line: 36 "error while decoding MB" + 1
+    # "decode_slice_header error" (its "no frame!" and "Error while decoding stream"
+    # are the same fault) + 7 of the 43 "concealing" lines that follow no slice
+    # error. The 3 slice errors before the dump come from the stream probe.
     counts = count_log(recorded("ts-overwritten.info.txt"))
 
-    assert counts == LogCounts(decoding_errors=38, corrupted_frames=43)
+    assert counts == LogCounts(decoding_errors=44, corrupted_frames=43)
 
 
 def test_overwritten_ts_folded_at_warning_level() -> None:
     # 36 "corrupt decoded frame" lines, 7 of them followed by "Last message
-    # repeated 1 times": 43 frames, as unfolded. At level warning there is no
-    # "Input #0" line, so the 3 probe-stage errors count too: 38 + 3.
+    # repeated 1 times": 43 frames, as unfolded. Level warning shows no
+    # "concealing" and no "Input #0" line: 39 "error while decoding MB" + 1
+    # "decode_slice_header error", the stream probe's 3 included.
     counts = count_log(recorded("ts-overwritten.warning-folded.txt"))
 
-    assert counts == LogCounts(decoding_errors=41, corrupted_frames=43)
+    assert counts == LogCounts(decoding_errors=40, corrupted_frames=43)
 
 
 def test_dropped_ts_packets() -> None:
-    # 23 TS packets cut: 23 "corrupt input packet in stream 0"; 17 "error while
-    # decoding MB" after the input dump (1 more before it); 21 "corrupt decoded
-    # frame". The demuxer's 60 "Packet corrupt (stream = 0, dts = ...)" lines
-    # restate the same damage per parsed packet and do not count.
+    # 23 TS packets cut: 23 "corrupt input packet in stream 0"; after the input
+    # dump 17 "error while decoding MB" and 4 "concealing" lines with no slice
+    # error before them (frames whose lost bytes took whole slices); 21 "corrupt
+    # decoded frame". The demuxer's 60 "Packet corrupt (stream = 0, dts = ...)"
+    # lines restate the same damage per parsed packet and do not count.
     counts = count_log(recorded("ts-dropped.info.txt"))
 
     assert counts == LogCounts(
-        decoding_errors=17, corrupted_frames=21, corrupt_input_packets=23
+        decoding_errors=21, corrupted_frames=21, corrupt_input_packets=23
     )
 
 
 def test_h264_without_pps() -> None:
     # 100 slices: each prints "non-existing PPS 0 referenced", then
     # "decode_slice_header error", "no frame!" and ffmpeg's "Error while decoding
-    # stream #0:0": 100 + 100 count; the stream probe's decoder printed the same
+    # stream #0:0", one fault each; the stream probe's decoder printed the same
     # 100 slices (with "non-existing PPS" twice each) before the input dump.
     counts = count_log(recorded("h264-nopps.info.txt"))
 
-    assert counts == LogCounts(decoding_errors=200)
+    assert counts == LogCounts(decoding_errors=100)
 
 
 def test_folded_repeats_of_an_uncounted_line_add_nothing() -> None:
@@ -68,7 +70,7 @@ def test_folded_repeats_of_an_uncounted_line_add_nothing() -> None:
     text = recorded("h264-nopps.default-folded.txt")
     assert text.count("Last message repeated 1 times") == 100
 
-    assert count_log(text) == LogCounts(decoding_errors=200)
+    assert count_log(text) == LogCounts(decoding_errors=100)
 
 
 def test_repeat_adds_to_the_kind_it_repeats_only() -> None:
@@ -143,6 +145,68 @@ def test_probe_stage_errors_count_only_without_an_input_dump() -> None:
     assert count_log([before, after]).decoding_errors == 2
 
 
+def test_concealment_counts_only_when_no_slice_error_came_first() -> None:
+    lines = [
+        # Frame 1 of decoder A: a slice broke, then the frame was repaired.
+        "[h264 @ 0xa] [error] Reference 5 >= 4",
+        "[h264 @ 0xa] [error] error while decoding MB 28 17, bytestream 1127",
+        "[h264 @ 0xa] [info] concealing 261 DC, 261 AC, 261 MV errors in P frame",
+        # Frame 2 of A: repaired for slices that never arrived.
+        "[h264 @ 0xa] [info] concealing 861 DC, 861 AC, 861 MV errors in P frame",
+        # Decoder B's slice error does not cover decoder C's repair.
+        "[h264 @ 0xb] [error] error while decoding MB 1 1, bytestream 3",
+        "[h264 @ 0xc] [info] concealing 20 DC, 20 AC, 20 MV errors in I frame",
+    ]
+
+    assert count_log(lines).decoding_errors == 4
+
+
+def test_repeated_concealment_is_one_fault_per_frame() -> None:
+    text = (
+        "[h264 @ 0xa] error while decoding MB 3 0, bytestream 9019\n"
+        "[h264 @ 0xa] concealing 920 DC, 920 AC, 920 MV errors in P frame\n"
+        "    Last message repeated 5 times\n"
+    )
+
+    # The slice error, then 5 more whole frames lost without a slice line.
+    assert count_log(text).decoding_errors == 6
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        # The packet's only slice dropped: one fault, whatever follows it.
+        (
+            [
+                "[h264 @ 0xa] [error] decode_slice_header error",
+                "[h264 @ 0xa] [error] no frame!",
+                "[error] Error while decoding stream #0:0: Invalid data found",
+            ],
+            1,
+        ),
+        # No slice line: "no frame!" is the fault, ffmpeg's line restates it.
+        (
+            [
+                "[h264 @ 0xa] [error] no frame!",
+                "[error] Error while decoding stream #0:0: Invalid data found",
+            ],
+            1,
+        ),
+        # Another codec's rejected packet counts through ffmpeg's line alone.
+        (
+            [
+                "[aac @ 0xd] [error] Prediction is not allowed in AAC-LC.",
+                "[error] Error while decoding stream #0:1: Invalid data found",
+                "[error] Error while decoding stream #0:1: Invalid data found",
+            ],
+            2,
+        ),
+    ],
+)
+def test_one_packet_one_fault(lines: list[str], expected: int) -> None:
+    assert count_log(lines).decoding_errors == expected
+
+
 def test_feeding_line_by_line_equals_counting_the_text() -> None:
     text = recorded("ts-dropped.info.txt")
     counter = LogCounter()
@@ -161,7 +225,8 @@ def test_glued_stats_line_still_counts() -> None:
         "bytestream 2121"
     )
 
-    assert classify(line) == ("decoding_errors", 1)
+    assert classify(line) == ("slice_error", 1)
+    assert count_log([line]).decoding_errors == 1
 
 
 def test_as_dict_names_the_payload_fields() -> None:

@@ -58,7 +58,9 @@ def test_make_run_serves_the_printed_curl_and_stops_cleanly(tmp_path: Path) -> N
         "CAMTESTER_DEV_FLOWER_PORT": str(free_port()),
         "CAMTESTER_DEV_CAMERA_PORT": str(free_port()),
     }
-    env = {k: v for k, v in env.items() if not k.startswith("CAMTESTER_") or "_DEV_" in k}
+    env = {
+        k: v for k, v in env.items() if not k.startswith("CAMTESTER_") or "_DEV_" in k
+    }
     make = subprocess.Popen(
         ["make", "--no-print-directory", "run"],
         cwd=REPO,
@@ -103,7 +105,9 @@ def _wait_done(api: str, task_id: str, token: str) -> dict:
     deadline = time.monotonic() + 60
     task: dict = {}
     while time.monotonic() < deadline:
-        task = requests.get(f"{api}/tasks/{task_id}", headers=headers, timeout=10).json()
+        task = requests.get(
+            f"{api}/tasks/{task_id}", headers=headers, timeout=10
+        ).json()
         if task["status"] in ("done", "failed"):
             return task
         time.sleep(0.2)

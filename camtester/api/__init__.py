@@ -34,7 +34,7 @@ def create_app(
 ) -> Flask:
     """Build the API app; `settings` default to the CAMTESTER_* environment."""
     settings = settings or get_settings()
-    app = Flask("camtester")
+    app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["RESTX_MASK_SWAGGER"] = False
     app.config["ERROR_404_HELP"] = False

@@ -16,6 +16,8 @@ _FRAME_LINE = re.compile(r"frame:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:\s*(\S+)")
 _HEADER_LINE = re.compile(r"#(\w+) (\d+): (.*)")
 
 _PKT_FLAG_KEY = 0x1
+#: AV_NOPTS_VALUE, as framecrc prints a missing timestamp.
+_NOPTS = -(2**63)
 
 
 @dataclass
@@ -79,7 +81,9 @@ class StreamHeader:
 @dataclass
 class Packet:
     stream: int
-    pts: int | None
+    #: Decoding time in the stream's time base: set on every packet ffmpeg copies,
+    #: where pts is missing on the first packet of an RTSP stream.
+    dts: int | None
     size: int
     key: bool
 
@@ -142,7 +146,10 @@ def _packet_line(line: str) -> Packet | None:
     for extra in fields[6:]:
         if extra.startswith("F="):
             flags = int(extra.removeprefix("F="), 16)
-    return Packet(int(fields[0]), _int(fields[2]), int(fields[4]), bool(flags & 1))
+    dts = _int(fields[1])
+    if dts == _NOPTS:
+        dts = None
+    return Packet(int(fields[0]), dts, int(fields[4]), bool(flags & 1))
 
 
 def _int(text: str) -> int | None:

@@ -57,17 +57,23 @@ class Timeline:
 def timeline(
     video: Sequence[FrameRecord], audio: Sequence[FrameRecord], sample_rate: int | None
 ) -> Timeline:
-    """The sample's span: first frame of either stream to the end of the last one."""
+    """The sample's span: earliest frame of either stream to the end of the last one.
+
+    Earliest, not first: the first frames of an RTSP stream whose first packet
+    has no timestamp come out of the decoder slightly out of order.
+    """
     frame_s = video_frame_duration(video)
     firsts, ends = [], []
     if video:
-        firsts.append(video[0].pts_time)
-        ends.append(video[-1].pts_time + frame_s)
+        firsts.append(min(frame.pts_time for frame in video))
+        ends.append(max(frame.pts_time for frame in video) + frame_s)
     if audio:
-        firsts.append(audio[0].pts_time)
-        samples = audio[-1].number(SAMPLES)
-        last_s = samples / sample_rate if samples and sample_rate else 0.0
-        ends.append(audio[-1].pts_time + last_s)
+        last = max(audio, key=lambda frame: frame.pts_time)
+        samples = last.number(SAMPLES)
+        firsts.append(min(frame.pts_time for frame in audio))
+        ends.append(
+            last.pts_time + (samples / sample_rate if samples and sample_rate else 0)
+        )
     if not firsts:
         return Timeline(0.0, 0.0, frame_s)
     return Timeline(min(firsts), max(ends), frame_s)
@@ -75,7 +81,8 @@ def timeline(
 
 def video_frame_duration(video: Sequence[FrameRecord]) -> float:
     """The typical distance between frames (the median, robust to a dropped one)."""
-    steps = [b.pts_time - a.pts_time for a, b in itertools.pairwise(video)]
+    times = sorted(frame.pts_time for frame in video)
+    steps = [b - a for a, b in itertools.pairwise(times)]
     steps = [step for step in steps if step > 0]
     return statistics.median(steps) if steps else 1 / FALLBACK_FPS
 
@@ -190,10 +197,10 @@ def _codec(described: Any) -> str | None:
 
 
 def _measured_fps(times: Sequence[float]) -> float | None:
-    """Frames per second between the first and the last frame."""
-    if len(times) < 2 or times[-1] <= times[0]:
+    """Frames per second between the earliest and the latest frame."""
+    if len(times) < 2 or max(times) <= min(times):
         return None
-    return round((len(times) - 1) / (times[-1] - times[0]), 3)
+    return round((len(times) - 1) / (max(times) - min(times)), 3)
 
 
 def _bit_rate_kbps(packets: PacketLog, duration_s: float) -> float | None:
@@ -209,9 +216,9 @@ def keyframe_interval(packets: PacketLog) -> float | None:
     if video is None or not video.time_base:
         return None
     keys = sorted(
-        p.pts
+        p.dts
         for p in packets.packets
-        if p.stream == video.index and p.key and p.pts is not None
+        if p.stream == video.index and p.key and p.dts is not None
     )
     if len(keys) < 2:
         return None

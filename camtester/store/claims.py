@@ -1,10 +1,12 @@
 """Claims that make one measurement run once, even when its message comes twice.
 
 A claim is a key set with NX for as long as a task may live (its hard time limit).
-Its owner names the pool slot: host, pid, the process's start time and the thread.
-A message redelivered because its worker died finds the claim of a dead process:
-on the same host /proc tells, and the claim is taken over; from another host the
-claim expires before the broker's visibility timeout hands the message on.
+Its value names the attempt (Celery's retry number) and the pool slot: host, pid,
+the process's start time and the thread. A message redelivered because its worker
+died finds the claim of a dead process: on the same host /proc tells, and the
+claim is taken over; from another host the claim expires before the broker's
+visibility timeout hands the message on. A retry (the store did not answer) finds
+the claim of an earlier attempt, which has ended, and takes it over too.
 
 Deliveries are counted too, so that a measurement that kills its worker every
 time (the OOM killer, a crashing decoder) is given up after `MAX_DELIVERIES`.
@@ -53,9 +55,9 @@ def hard_time_limit_s(settings: Settings) -> float:
     return soft_time_limit_s(settings) + HARD_LIMIT_GRACE_S
 
 
-def deliveries_key(task_id: str, index: int) -> str:
-    """How many deliveries of subtask `index` started (next to its run claim)."""
-    return keys.run_claim_key(task_id, index) + ":deliveries"
+def deliveries_key(task_id: str, index: int, attempt: int) -> str:
+    """How many deliveries of one attempt at subtask `index` started measuring."""
+    return f"{keys.run_claim_key(task_id, index)}:deliveries:{attempt}"
 
 
 _TAKE_OVER = """
@@ -74,9 +76,10 @@ class RunClaims:
         self.ttl_s = math.ceil(hard_time_limit_s(settings))
         self._take_over = client.register_script(_TAKE_OVER)
 
-    def acquire(self, task_id: str, index: int, owner: str) -> bool:
-        """True if this owner may measure; False if a live slot already does."""
+    def acquire(self, task_id: str, index: int, owner: str, attempt: int = 0) -> bool:
+        """True if this slot may measure; False if a live slot already does."""
         key = keys.run_claim_key(task_id, index)
+        owner = f"{attempt}|{owner}"
         with store_errors(self.settings.redis_url):
             if self.redis.set(key, owner, nx=True, ex=self.ttl_s):
                 return True
@@ -85,7 +88,7 @@ class RunClaims:
                 return bool(self.redis.set(key, owner, nx=True, ex=self.ttl_s))
 
             holder = holder.decode()
-            if holder != owner and holder_alive(holder):
+            if holder != owner and not _stale(holder, attempt):
                 return False
             # Compare-and-set: of two slots taking over the same dead claim at
             # once, only the one that still sees the dead owner wins.
@@ -94,9 +97,12 @@ class RunClaims:
         logger.info("claim %s of slot %s taken over by %s", key, holder, owner)
         return True
 
-    def count_delivery(self, task_id: str, index: int) -> int:
-        """Count one more delivery that starts measuring; the count so far."""
-        key = deliveries_key(task_id, index)
+    def count_delivery(self, task_id: str, index: int, attempt: int = 0) -> int:
+        """Count one more delivery of this attempt that starts measuring.
+
+        Each retry has a count of its own: a retry is not a lost worker.
+        """
+        key = deliveries_key(task_id, index, attempt)
         with store_errors(self.settings.redis_url):
             pipe = self.redis.pipeline(transaction=False)
             pipe.incr(key)
@@ -126,6 +132,14 @@ def process_start_ticks(pid: int) -> str:
         return ""
     # Field 22 of stat(5); fields[0] here is field 3, after "pid (comm)".
     return fields[19].decode() if len(fields) > 19 else ""
+
+
+def _stale(holder: str, attempt: int) -> bool:
+    """Whether a claim `attempt|slot` belongs to an attempt that has ended."""
+    held_attempt, _, slot = holder.partition("|")
+    if not held_attempt.isdigit() or int(held_attempt) < attempt:
+        return True
+    return not holder_alive(slot)
 
 
 def holder_alive(holder: str) -> bool:

@@ -1,24 +1,38 @@
-"""The measurement tasks: thin wrappers that claim, measure and hand on the result."""
+"""The measurement tasks: thin wrappers that claim, measure and hand on the result.
+
+Every way a delivery can end hands the aggregation task a result or nothing:
+a measurement (ok or not), a failure when the task ran past its soft time limit
+or broke, `None` for a duplicate. A hard time limit kills the pool process, so
+that failure is sent from the worker's main process in `on_failure`.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
+import traceback
 from typing import Any
 
+from billiard.einfo import ExceptionInfo
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.log import get_task_logger
 
-from camtester.errors import StoreUnavailable
+from camtester.analysis.deviations import failure_deviations
+from camtester.errors import (
+    MeasurementError,
+    MeasurementInternal,
+    StoreUnavailable,
+    TargetTimeout,
+)
 from camtester.logs import task_context
 from camtester.measure import encode_snapshot, run_measurement
-from camtester.settings import get_settings
 from camtester.restreamers import pick_host, restreamed_uri
-from camtester.store.claims import RunClaims
+from camtester.results import failure
+from camtester.settings import Settings, get_settings
+from camtester.store.claims import MAX_DELIVERIES, RunClaims, current_owner
 from camtester.store.restreamers import RestreamerStore
 from camtester.store.tasks import TaskStore
 from camtester.tasks.app import celery_app
+from camtester.uris import mask_uri
 
 logger = get_task_logger(__name__)
 
@@ -35,29 +49,84 @@ def task_store() -> TaskStore:
 
 
 def _measure(
-    task_id: str, index: int, measurement: dict[str, Any]
+    task_id: str, index: int, measurement: dict[str, Any], attempt: int
 ) -> dict[str, Any] | None:
     """Measure once per task id and index, however often the message arrives."""
     settings = get_settings()
     store = task_store()
     with task_context(task_id, measurement["type"]):
-        if store.has_result(task_id, index):
-            logger.info("subtask %d already has a result; duplicate dropped", index)
-            return None
-
         claims = RunClaims(store.redis, settings)
-        if not claims.acquire(task_id, index, _owner()):
-            logger.warning(
-                "subtask %d is being measured elsewhere; duplicate dropped", index
-            )
+        if not _first_delivery(store, claims, task_id, index, attempt):
             return None
 
-        store.mark_running(task_id, index)
+        deliveries = claims.count_delivery(task_id, index, attempt)
+        if deliveries > MAX_DELIVERIES:
+            logger.error(
+                "subtask %d lost its worker %d times; not measured again",
+                index,
+                deliveries - 1,
+            )
+            error = MeasurementInternal(
+                f"the worker was lost {deliveries - 1} times while measuring"
+            )
+            return _failure_envelope(measurement, error)
+
+        if not store.mark_running(task_id, index):
+            logger.info("task ended or was withdrawn; subtask %d dropped", index)
+            return None
+        return _run(measurement, store, settings)
+
+
+def _first_delivery(
+    store: TaskStore, claims: RunClaims, task_id: str, index: int, attempt: int
+) -> bool:
+    """Whether this delivery is the one to measure; log why not."""
+    if store.has_result(task_id, index):
+        logger.info("subtask %d already has a result; duplicate dropped", index)
+        return False
+    if not claims.acquire(task_id, index, current_owner(), attempt):
+        logger.warning(
+            "subtask %d is being measured elsewhere; duplicate dropped", index
+        )
+        return False
+    return True
+
+
+def _run(
+    measurement: dict[str, Any], store: TaskStore, settings: Settings
+) -> dict[str, Any]:
+    """Measure and wrap the result; any failure becomes a stored result too."""
+    try:
         measurement, restreamer = _through_restreamer(measurement, store)
         result, snapshot = run_measurement(measurement, settings)
-        if restreamer and result["payload"] is not None:
-            result["payload"]["restreamer"] = restreamer
-        return {"result": result, "snapshot": encode_snapshot(snapshot)}
+    except SoftTimeLimitExceeded:
+        # ffmpeg has been killed by the runner's `finally` on the way up.
+        logger.warning("measurement ran past the soft time limit; stopped")
+        error = TargetTimeout("the measurement ran past the task's time limit")
+        return _failure_envelope(measurement, error)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure must become a result
+        # A bug or a worker that cannot measure (SetupError): the client gets a
+        # failed result instead of a task that stays `running` until it expires.
+        # The traceback goes through mask_uri: its messages may quote the URI.
+        logger.error("measurement broke:\n%s", mask_uri(traceback.format_exc()))
+        error = MeasurementInternal(
+            f"the worker could not measure: {type(exc).__name__}: {exc}"
+        )
+        return _failure_envelope(measurement, error)
+
+    if restreamer and result["payload"] is not None:
+        result["payload"]["restreamer"] = restreamer
+    return {"result": result, "snapshot": encode_snapshot(snapshot)}
+
+
+def _failure_envelope(
+    measurement: dict[str, Any], error: MeasurementError
+) -> dict[str, Any]:
+    error.message = mask_uri(error.message)
+    deviations = failure_deviations(measurement["type"], error.code)
+    return {"result": failure(error, deviations), "snapshot": None}
 
 
 def _through_restreamer(
@@ -77,12 +146,40 @@ def _through_restreamer(
     return {**measurement, "target": target}, host
 
 
-def _owner() -> str:
-    """This pool slot, as a claim records it: host name, pid and thread."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+class MeasureTask(Task):
+    """Base of the measurement tasks: a hard time limit still yields a result."""
+
+    def on_failure(
+        self,
+        exc: Exception,
+        celery_id: str,
+        args: Any,
+        kwargs: Any,
+        einfo: ExceptionInfo,
+    ) -> None:
+        # Celery calls this in the worker's main process when the hard limit
+        # killed the pool process; the chain's aggregation never comes then.
+        if not isinstance(exc, TimeLimitExceeded) or len(args) != 3:
+            return
+        task_id, index, measurement = args
+        with task_context(task_id, measurement["type"]):
+            logger.error("subtask %d killed at the hard time limit", index)
+            error = TargetTimeout("the measurement ran past the task's time limit")
+            # A task of this measurement alone: the aggregation marks it failed,
+            # which also stops a complex task at this subtask.
+            alone = {
+                key: measurement[key]
+                for key in ("type", "geo_location", "target", "options")
+            }
+            celery_app.send_task(
+                "camtester.aggregate",
+                args=(_failure_envelope(measurement, error), task_id, index, alone),
+                queue="results",
+            )
 
 
 _options: dict[str, Any] = {
+    "base": MeasureTask,
     "bind": True,
     "acks_late": True,
     "reject_on_worker_lost": True,
@@ -95,16 +192,16 @@ _options: dict[str, Any] = {
 @celery_app.task(name="camtester.ping", **_options)
 def ping(self: Task, task_id: str, index: int, measurement: dict[str, Any]) -> Any:
     """ICMP echo to a host: loss, latency, jitter."""
-    return _measure(task_id, index, measurement)
+    return _measure(task_id, index, measurement, self.request.retries)
 
 
 @celery_app.task(name="camtester.probe", **_options)
 def probe(self: Task, task_id: str, index: int, measurement: dict[str, Any]) -> Any:
     """Picture and sound of a live sample: black, freeze, silence, outliers."""
-    return _measure(task_id, index, measurement)
+    return _measure(task_id, index, measurement, self.request.retries)
 
 
 @celery_app.task(name="camtester.check", **_options)
 def check(self: Task, task_id: str, index: int, measurement: dict[str, Any]) -> Any:
     """Transport and decoding of a live sample: RTP loss, decoder errors."""
-    return _measure(task_id, index, measurement)
+    return _measure(task_id, index, measurement, self.request.retries)
