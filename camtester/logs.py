@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger as _GunicornBaseLogger
 
-from camtester.uris import mask_uri
+from camtester.uris import MASK, mask_uri
 
 _task: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "camtester_task", default=None
@@ -33,11 +34,25 @@ _celery_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(task_tag)s] %(message)s"
 
+# A URI inside a query string arrives percent-encoded ("rtsp%3A%2F%2Fuser%3Apw%40
+# cam"), e.g. in an access log line of /restreamers/lookup?uri=...; its userinfo
+# runs from the encoded "//" to the last encoded "@" before the next "/" or "&".
+_ENCODED_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*%3A%2F%2F)(?:(?!%2F)[^&\s#/])*%40",
+    re.IGNORECASE,
+)
+
 #: Celery ids whose camtester task is known, kept for the lines that name only
 #: the Celery id (a retry, a failure); oldest dropped first.
 _KNOWN_CELERY_IDS = 10000
 _identities: dict[str, tuple[str, str]] = {}
 _identities_lock = threading.Lock()
+
+
+def mask(text: str) -> str:
+    """`text` with the userinfo of every URI masked, plain or percent-encoded."""
+    text = mask_uri(text)
+    return _ENCODED_USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}%40", text)
 
 
 @contextlib.contextmanager
@@ -142,6 +157,9 @@ def _celery_data(record: logging.LogRecord) -> Mapping[str, Any] | None:
     return None
 
 
+_PLAIN = logging.Formatter()
+
+
 class TaskContextFilter(logging.Filter):
     """Adds `task_id`, `task_type`, `celery_id` and `task_tag`; masks credentials."""
 
@@ -161,9 +179,12 @@ class TaskContextFilter(logging.Filter):
 
         # Mask after formatting the arguments: a URI may arrive as a %s argument.
         message = record.getMessage()
-        masked = mask_uri(message)
+        masked = mask(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text: a traceback quoting a URI is masked too.
+            record.exc_text = mask(_PLAIN.formatException(record.exc_info))
         return True
 
 
@@ -179,12 +200,13 @@ class JsonFormatter(logging.Formatter):
             "task_id": getattr(record, "task_id", "-"),
             "task_type": getattr(record, "task_type", "-"),
             "celery_id": getattr(record, "celery_id", "-"),
-            "message": mask_uri(record.getMessage()),
+            "message": mask(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = mask_uri(self.formatException(record.exc_info))
+            text = record.exc_text or self.formatException(record.exc_info)
+            entry["exception"] = mask(text)
         if record.stack_info:
-            entry["stack"] = mask_uri(self.formatStack(record.stack_info))
+            entry["stack"] = mask(self.formatStack(record.stack_info))
         return json.dumps(entry, default=str)
 
 
@@ -210,6 +232,12 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
         root.removeHandler(handler)
     root.addHandler(make_handler(log_format))
     root.setLevel(level)
+
+    # The pool's debug line repeats every raw task message, the real arguments
+    # with a camera's credentials among them, before any task is running.
+    logging.getLogger("celery.pool").setLevel(
+        max(logging.INFO, logging.getLogger().getEffectiveLevel())
+    )
 
     # Python warnings would otherwise go to stderr as bare text, breaking the
     # one-object-per-line promise of the JSON format.

@@ -12,6 +12,7 @@ Run `python -m tests.test_check_files RECORD_DIR` to record the logs again.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
@@ -22,7 +23,6 @@ import pytest
 
 from camtester.errors import TargetNotFound
 from camtester.probes.check import LOGLEVEL, check_stream
-from tests.test_check_rtsp import assert_no_ffmpeg_left
 
 DURATION_S = 4
 TS_PACKET = 188
@@ -82,6 +82,53 @@ def remove_pps(source: Path, target: Path) -> int:
     return len(units) - len(kept)
 
 
+def ffmpeg_processes(marker: str | None = None) -> list[int]:
+    """Live ffmpeg processes started by this test process, or naming `marker`.
+
+    A descendant is found through its parent chain; one that lost its parent (an
+    orphan, re-parented to init) is found by `marker`, a string of its command line
+    unique to the test, such as the simulator's port or a temporary path.
+    """
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # The name in stat sits in parentheses and may hold spaces.
+        fields = stat.rpartition(")")[2].split()
+        if fields[0] == "Z":
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        name = os.path.basename(argv[0].decode(errors="replace"))
+        if name == "ffmpeg":
+            found.append((int(entry.name), b" ".join(argv).decode(errors="replace")))
+
+    def descends(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            seen.add(pid)
+            pid = parents.get(pid, 0)
+            if pid == me:
+                return True
+        return False
+
+    return [
+        pid
+        for pid, cmdline in found
+        if descends(pid) or (marker is not None and marker in cmdline)
+    ]
+
+
+def assert_no_ffmpeg_left(marker: str | None = None) -> None:
+    assert ffmpeg_processes(marker) == []
+
+
 def make_inputs(directory: Path) -> dict[str, Path]:
     """The clean and the damaged inputs, by name."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -125,7 +172,7 @@ def test_clean_file_has_no_faults(inputs: dict[str, Path]) -> None:
         "corrupt_input_packets": 0,
         "transport": "file",
     }
-    assert_no_ffmpeg_left()
+    assert_no_ffmpeg_left(str(inputs["clean"].parent))
 
 
 def test_overwritten_bytes_are_decoding_errors(inputs: dict[str, Path]) -> None:
@@ -138,7 +185,7 @@ def test_overwritten_bytes_are_decoding_errors(inputs: dict[str, Path]) -> None:
     assert payload["corrupted_frames"] == 43
     assert payload["corrupt_input_packets"] == 0
     assert payload["stalled"] is False
-    assert_no_ffmpeg_left()
+    assert_no_ffmpeg_left(str(inputs["clean"].parent))
 
 
 def test_dropped_packets_are_corrupt_input_packets(inputs: dict[str, Path]) -> None:
@@ -150,7 +197,7 @@ def test_dropped_packets_are_corrupt_input_packets(inputs: dict[str, Path]) -> N
     assert payload["corrupt_input_packets"] == 23
     assert payload["decoding_errors"] == 21
     assert payload["corrupted_frames"] == 21
-    assert_no_ffmpeg_left()
+    assert_no_ffmpeg_left(str(inputs["clean"].parent))
 
 
 def test_undecodable_stream_is_a_result_not_a_failure(
@@ -164,13 +211,13 @@ def test_undecodable_stream_is_a_result_not_a_failure(
     assert payload["decoding_errors"] == 100
     assert payload["duration_sec"] == 0.0
     assert payload["stalled"] is True
-    assert_no_ffmpeg_left()
+    assert_no_ffmpeg_left(str(inputs["clean"].parent))
 
 
 def test_missing_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(TargetNotFound):
         check_stream(str(tmp_path / "absent.ts"), duration_s=DURATION_S)
-    assert_no_ffmpeg_left()
+    assert_no_ffmpeg_left(str(tmp_path))
 
 
 def record(directory: Path) -> None:

@@ -6,6 +6,7 @@ described in tests/data/ffmpeg-logs/README.md; the numbers below are those count
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,54 @@ def test_h264_without_pps() -> None:
     counts = count_log(recorded("h264-nopps.info.txt"))
 
     assert counts == LogCounts(decoding_errors=100)
+
+
+def test_rtsp_corrupt_mount_shows_only_concealment() -> None:
+    # The simulator's corrupt clip through GStreamer: its garbled NAL units never
+    # reach the decoder, which prints no slice line, only 4 "concealing" lines.
+    counts = count_log(recorded("rtsp-corrupt-mount.info.txt"))
+
+    assert counts == LogCounts(decoding_errors=4, corrupted_frames=4)
+
+
+def test_rtsp_over_udp_with_loss() -> None:
+    # 39 "RTP: missed N packets" lines summing to 40 (the namespace's drop
+    # counter read 40), each right after "max delay reached"; decoder: 10
+    # "error while decoding MB", 1 "Missing reference picture", 2 "mmco: unref
+    # short failure" and 1 bare "concealing".
+    counts = count_log(recorded("rtsp-udp-loss5.info.txt"))
+
+    assert counts == LogCounts(
+        rtp_missed_packets=40,
+        decoding_errors=14,
+        corrupted_frames=11,
+        max_delay_reaches=39,
+    )
+
+
+def test_rtsp_over_udp_with_loss_folded() -> None:
+    # 38 "RTP: missed" lines summing to 39 (drop counter: 39); 12 "corrupt decoded
+    # frame" lines, 2 of them followed by "Last message repeated 1 times".
+    counts = count_log(recorded("rtsp-udp-loss5.warning-folded.txt"))
+
+    assert counts == LogCounts(
+        rtp_missed_packets=39,
+        decoding_errors=16,
+        corrupted_frames=14,
+        max_delay_reaches=38,
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ts-overwritten.info.txt", "ts-dropped.info.txt", "rtsp-udp-loss5.info.txt"],
+)
+def test_the_level_prefix_changes_nothing(name: str) -> None:
+    text = recorded(name)
+    bare = re.sub(r"\[(?:info|warning|error|verbose|debug)\] ", "", text)
+    assert bare != text
+
+    assert count_log(bare) == count_log(text)
 
 
 def test_folded_repeats_of_an_uncounted_line_add_nothing() -> None:

@@ -376,6 +376,17 @@ def test_expected_profile_validation() -> None:
         validate_expected_profile([640, 360], field="payload.expected")
 
 
+def test_an_interval_of_exactly_the_minimum_counts_despite_float_error() -> None:
+    # 2.014 - 0.014 == 1.9999999999999998 in binary floating point.
+    payload = clean_probe(silence_intervals=[[0.014, 2.014]])
+
+    records = find_deviations("probe", payload, thresholds=T)
+
+    assert [(r["kind"], r["intervals"]) for r in records] == [
+        ("silence", [[0.014, 2.014]])
+    ]
+
+
 def test_malformed_intervals_are_skipped() -> None:
     payload = clean_probe(
         black_intervals=[[0.0], "x", [1.0, "2"], None, [3.0, 6.0, 7.0], [4.0, 6.5]]

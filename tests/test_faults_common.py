@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import requests
 
@@ -107,7 +107,7 @@ class FfmpegCensus:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> FfmpegCensus:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -7,6 +7,8 @@ serving its figures on a port. The counters must move by exactly what was done.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -54,15 +56,55 @@ def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 class OwnStack:
-    def __init__(self, api: ApiClient, api_url: str, worker_url: str) -> None:
-        self.api = api
-        self.api_metrics = f"{api_url}/metrics"
+    def __init__(self, api_server: ApiServer, worker_url: str) -> None:
+        self.api_server = api_server
+        self.api = ApiClient(api_server.url)
+        self.api_metrics = f"{api_server.url}/metrics"
         self.worker_metrics = worker_url
 
+    def api_processes(self) -> set[int]:
+        """The pids of gunicorn's worker processes (children of its master)."""
+        assert self.api_server.process is not None
+        master = self.api_server.process.pid
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master:
+                children.add(int(stat.parent.name))
+        return children
 
-@pytest.fixture
+    def replace_api_processes(self) -> None:
+        """Stop every gunicorn worker; the master starts fresh ones."""
+        old = self.api_processes()
+        for pid in old:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            current = self.api_processes()
+            if len(current) == len(old) and not current & old:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"gunicorn did not replace its workers {old}")
+
+
+def worker_metrics_env(pool: str, tmp_path: Path, port: int) -> dict[str, str]:
+    """A threads worker counts in one process; a prefork one shares a directory."""
+    env = {"CAMTESTER_WORKER_METRICS_PORT": str(port)}
+    if pool == "prefork":
+        directory = prepare_multiprocess_dir(tmp_path / "worker-metrics")
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return env
+
+
+@pytest.fixture(params=["threads", "prefork"])
 def own_stack(
-    redis_factory: Any, worker_factory: Any, tmp_path: Path
+    request: pytest.FixtureRequest,
+    redis_factory: Any,
+    worker_factory: Any,
+    tmp_path: Path,
 ) -> Iterator[OwnStack]:
     server = redis_factory()
     metrics_dir = prepare_multiprocess_dir(tmp_path / "api-metrics")
@@ -70,13 +112,14 @@ def own_stack(
         server.url(0), server.url(1), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
     )
     port = free_port()
+    pool = request.param
     worker_env = service_env(
-        server.url(0), server.url(1), CAMTESTER_WORKER_METRICS_PORT=str(port)
+        server.url(0), server.url(1), **worker_metrics_env(pool, tmp_path, port)
     )
-    worker_factory(LOCAL_QUEUES, worker_env, concurrency=4)
+    worker_factory(LOCAL_QUEUES, worker_env, concurrency=3, pool=pool)
     api = ApiServer(api_env, tmp_path / "api.log").start()
     try:
-        yield OwnStack(ApiClient(api.url), api.url, f"http://127.0.0.1:{port}/")
+        yield OwnStack(api, f"http://127.0.0.1:{port}/")
     finally:
         api.stop()
 
@@ -124,6 +167,9 @@ def test_counters_move_by_exactly_what_was_done(
     for count in (2, 3):
         own_stack.api.submit(ping("north", count))
     tasks = [own_stack.api.wait(task_id) for task_id in ids]
+    # Fresh API processes know nothing of the counts: only the multiprocess
+    # files of the processes that counted can answer the scrape.
+    own_stack.replace_api_processes()
     api_after = scrape(own_stack.api_metrics)
     worker_after = wait_for_results(own_stack.worker_metrics, worker_before, 5)
 
@@ -151,7 +197,9 @@ def test_counters_move_by_exactly_what_was_done(
     }
     assert deviations == {
         key("camtester_deviations_total", kind="black", severity="warning"): 1,
-        key("camtester_deviations_total", kind="stream_unavailable", severity="critical"): 1,
+        key(
+            "camtester_deviations_total", kind="stream_unavailable", severity="critical"
+        ): 1,
     }
     assert deviations_of(tasks) == Counter(
         {("black", "warning"): 1, ("stream_unavailable", "critical"): 1}

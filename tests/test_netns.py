@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Callable
@@ -185,3 +186,22 @@ def test_sweeper_removes_only_namespaces_of_dead_runs() -> None:
         assert stale.name in swept
         assert stale.name not in namespaces()
         assert alive.name in namespaces()
+
+
+def test_lossy_camera_shows_rtp_loss_over_udp_only(
+    netns_host: HostFactory, fault_clips: dict[str, Path]
+) -> None:
+    host = netns_host(udp_drop_percent=5)
+    clip = {"noaudio": fault_clips["noaudio"]}
+
+    with CameraSimulator(clip, netns=host.name, address=host.address) as camera:
+        argv = ["ffmpeg", "-nostdin", "-nostats", "-i", camera.url("noaudio")]
+        argv += ["-t", "3", "-f", "null", "-"]
+        over_tcp = run([argv[0], "-rtsp_transport", "tcp", *argv[1:]])
+        dropped_during_tcp = host.dropped_packets("udp")
+        over_udp = run([argv[0], "-rtsp_transport", "udp", *argv[1:]])
+
+    assert dropped_during_tcp == 0
+    assert "missed" not in over_tcp.stderr
+    assert host.dropped_packets("rtp") > 0
+    assert re.search(r"RTP: missed \d+ packets", over_udp.stderr)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -229,3 +231,57 @@ def test_replies_to_other_programs_are_not_ours() -> None:
     assert icmp_wire.parse_reply(engine.channel, template, other_payload) is None
     request = reply(8, template.identifier, template.payload)
     assert icmp_wire.parse_reply(engine.channel, template, request) is None
+
+
+def _drain(channel: icmp_wire.Channel, template: icmp_wire.EchoTemplate) -> list[Any]:
+    """Everything queued on the channel, parsed: sequences (None: not ours)."""
+    found = []
+    while True:
+        try:
+            found.append(
+                icmp_wire.parse_reply(channel, template, channel.sock.recv(2048))
+            )
+        except BlockingIOError:
+            return found
+
+
+def _wait_for_replies(
+    channel: icmp_wire.Channel, template: icmp_wire.EchoTemplate, count: int
+) -> list[Any]:
+    found: list[Any] = []
+    deadline = time.monotonic() + 5
+    while len(found) < count and time.monotonic() < deadline:
+        select.select([channel.sock], [], [], 0.1)
+        found += _drain(channel, template)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("family", "target"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+def test_raw_socket_queues_only_replies_carrying_its_identifier(
+    family: int, target: str
+) -> None:
+    # Another program's replies (here: a second raw socket with another
+    # identifier) must not reach our queue, where a busy neighbour could fill it.
+    if family == socket.AF_INET6 and not _has_ipv6_loopback():
+        pytest.skip("no ::1 on this machine")
+    ours = icmp_wire.open_channel(family, 0x1111)
+    theirs = icmp_wire.open_channel(family, 0x2222)
+    if not (ours.privileged and theirs.privileged):
+        pytest.skip("only raw sockets see other programs' replies")
+    our_template = icmp_wire.EchoTemplate(ours, 0x1111)
+    their_template = icmp_wire.EchoTemplate(theirs, 0x2222)
+
+    try:
+        for sequence in range(10):
+            theirs.sock.sendto(their_template.packet(sequence), (target, 0))
+        assert _wait_for_replies(theirs, their_template, 10) == list(range(10))
+        assert _drain(ours, our_template) == []
+
+        for sequence in range(3):
+            ours.sock.sendto(our_template.packet(sequence), (target, 0))
+        assert _wait_for_replies(ours, our_template, 3) == [0, 1, 2]
+    finally:
+        ours.owner.close()
+        theirs.owner.close()

@@ -1,95 +1,40 @@
 """Ping against network namespaces of our own: loss, privileges, name lookups.
 
-Each namespace is created here (named `ct-ping-...`) and deleted afterwards. Hosts
-live on a veth pair in 198.19.240.0/22 (benchmarking space, RFC 2544), so no
-packet can leave the machine. Runs that need a namespace's own settings (its
+The namespaces come from the `netns_host` and `loopback_netns` fixtures
+(camtester.devtools.netns): hosts behind a veth pair in 198.18.0.0/15, so no
+packet leaves the machine. Runs that need a namespace's own settings (its
 ping_group_range, a resolver that reaches nothing) run as a subprocess inside it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from camtester.devtools.netns import Namespace, NetnsHost
 from camtester.network.ping import ping_host
 
 REPO = Path(__file__).resolve().parents[1]
-_serial = itertools.count()
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None,
-    reason="namespaces need root, iproute2 and nftables",
-)
+MakeHost = Callable[..., NetnsHost]
 
 
-def sh(*args: str, stdin: str | None = None) -> None:
-    subprocess.run(args, input=stdin, text=True, check=True, capture_output=True)
-
-
-@contextlib.contextmanager
-def namespace(kind: str) -> Iterator[str]:
-    """A fresh network namespace with only its loopback, up."""
-    name = f"ct-ping-{kind}-{os.getpid()}-{next(_serial)}"
-    sh("ip", "netns", "add", name)
-    try:
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@dataclass
-class NamespaceHost:
-    namespace: str
-    address: str
-
-    def firewall(self, rules: str) -> None:
-        """Load an nftables ruleset into the host's namespace."""
-        sh("ip", "netns", "exec", self.namespace, "nft", "-f", "-", stdin=rules)
-
-
-@contextlib.contextmanager
-def namespace_host() -> Iterator[NamespaceHost]:
-    """A namespace reachable from here over a veth pair, a /30 of its own."""
-    slot = (os.getpid() + next(_serial)) % 1024
-    prefix = f"198.19.{240 + slot // 64}.{4 * (slot % 64)}"
-    base = prefix.rsplit(".", 1)[0]
-    ours, theirs = f"{base}.{4 * (slot % 64) + 1}", f"{base}.{4 * (slot % 64) + 2}"
-    outer, inner = f"ctp{slot}a", f"ctp{slot}b"
-
-    with namespace("host") as name:
-        sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-        try:
-            sh("ip", "link", "set", inner, "netns", name)
-            sh("ip", "addr", "add", f"{ours}/30", "dev", outer)
-            sh("ip", "link", "set", outer, "up")
-            sh("ip", "-n", name, "addr", "add", f"{theirs}/30", "dev", inner)
-            sh("ip", "-n", name, "link", "set", inner, "up")
-            yield NamespaceHost(name, theirs)
-        finally:
-            subprocess.run(
-                ["ip", "link", "del", outer], check=False, capture_output=True
-            )
-
-
-def run_inside(name: str, code: str) -> Any:
-    """Run `code` with this venv's Python inside namespace `name`; its JSON output."""
+def run_inside(namespace: Namespace, code: str) -> Any:
+    """Run `code` with this venv's Python inside `namespace`; its JSON output."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = namespace.exec_argv([sys.executable, "-c", textwrap.dedent(code)])
     completed = subprocess.run(
-        ["ip", "netns", "exec", name, sys.executable, "-c", textwrap.dedent(code)],
+        argv,
         check=False,
         capture_output=True,
         text=True,
@@ -101,7 +46,13 @@ def run_inside(name: str, code: str) -> Any:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def test_one_name_that_does_not_resolve_spoils_only_its_own_result() -> None:
+def sysctl(namespace: Namespace, setting: str) -> None:
+    namespace.run(["sysctl", "-w", setting], check=True)
+
+
+def test_one_name_that_does_not_resolve_spoils_only_its_own_result(
+    loopback_netns: Namespace,
+) -> None:
     # The field case: icmplib's multi-host ping gave up on the whole batch. Here the
     # namespace has only loopback, so the lookup of the .invalid name (RFC 6761:
     # never resolves) cannot leave the machine.
@@ -123,8 +74,7 @@ def test_one_name_that_does_not_resolve_spoils_only_its_own_result() -> None:
             out["single"] = {"code": exc.code}
         print(json.dumps(out))
     """
-    with namespace("lo") as name:
-        results = run_inside(name, code)
+    results = run_inside(loopback_netns, code)
 
     assert list(results) == [
         "127.0.0.1",
@@ -164,25 +114,18 @@ AS_NOBODY = """
 """
 
 
-def _with_range(name: str, group_range: str) -> None:
-    sh(
-        "ip",
-        "netns",
-        "exec",
-        name,
-        "sysctl",
-        "-w",
-        f"net.ipv4.ping_group_range={group_range}",
-    )
+def as_nobody(body: str) -> str:
+    """A script that becomes nobody, then runs `body` (indented like AS_NOBODY)."""
+    return AS_NOBODY + body
 
 
-def test_worker_that_may_not_ping_says_so_once_and_fails_every_task() -> None:
+def test_worker_that_may_not_ping_says_so_once_and_fails_every_task(
+    loopback_netns: Namespace,
+) -> None:
     # Debian's default: no group may open unprivileged ICMP sockets, and nobody
     # has no CAP_NET_RAW for raw ones. Every task must fail with SetupError, not
     # report its camera as 100 % lost.
-    code = (
-        AS_NOBODY
-        + """
+    code = as_nobody("""
     raised = []
     for attempt in range(2):
         try:
@@ -196,11 +139,9 @@ def test_worker_that_may_not_ping_says_so_once_and_fails_every_task() -> None:
     except SetupError as exc:
         raised.append(str(exc))
     print(json.dumps({"uid": os.getuid(), "raised": raised, "logged": Count.errors}))
-    """
-    )
-    with namespace("priv") as name:
-        _with_range(name, "1 0")
-        outcome = run_inside(name, code)
+    """)
+    sysctl(loopback_netns, "net.ipv4.ping_group_range=1 0")
+    outcome = run_inside(loopback_netns, code)
 
     assert outcome["uid"] == 65534
     assert len(outcome["raised"]) == 3
@@ -212,19 +153,17 @@ def test_worker_that_may_not_ping_says_so_once_and_fails_every_task() -> None:
     assert outcome["logged"][0] == outcome["raised"][0]
 
 
-def test_unprivileged_worker_pings_where_the_group_range_allows() -> None:
-    code = (
-        AS_NOBODY
-        + """
+def test_unprivileged_worker_pings_where_the_group_range_allows(
+    loopback_netns: Namespace,
+) -> None:
+    code = as_nobody("""
     import socket
     payload = ping_host("127.0.0.1", count=10, interval_s=0.01)
     raw = icmp_engine.get_engine(socket.AF_INET).channel.privileged
     print(json.dumps({"uid": os.getuid(), "payload": payload, "raw": raw}))
-    """
-    )
-    with namespace("unpriv") as name:
-        _with_range(name, "0 2147483647")
-        outcome = run_inside(name, code)
+    """)
+    sysctl(loopback_netns, "net.ipv4.ping_group_range=0 2147483647")
+    outcome = run_inside(loopback_netns, code)
 
     assert outcome["uid"] == 65534
     assert outcome["raw"] is False
@@ -235,25 +174,15 @@ def test_unprivileged_worker_pings_where_the_group_range_allows() -> None:
     assert 0 < payload["min_rtt_ms"] <= payload["avg_rtt_ms"] <= payload["max_rtt_ms"]
 
 
-DROP_ALL_ICMP = """
-table ip ct_ping {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ip protocol icmp drop
-    }
-}
-"""
+def test_host_that_drops_all_icmp_loses_every_request(netns_host: MakeHost) -> None:
+    # Control: a host without the rule answers every request.
+    clean, silent = netns_host(), netns_host(drop_all=True)
 
+    answered = ping_host(clean.address, count=5, interval_s=0.01, timeout_s=0.5)
+    lost = ping_host(silent.address, count=20, interval_s=0.05, timeout_s=0.5)
 
-def test_host_that_drops_all_icmp_loses_every_request() -> None:
-    with namespace_host() as host:
-        # Control: the same host answers before its firewall goes up.
-        before = ping_host(host.address, count=5, interval_s=0.01, timeout_s=0.5)
-        host.firewall(DROP_ALL_ICMP)
-        after = ping_host(host.address, count=20, interval_s=0.05, timeout_s=0.5)
-
-    assert before["packets_received"] == 5
-    assert after == {
+    assert answered["packets_received"] == 5
+    assert lost == {
         "packets_sent": 20,
         "packets_received": 0,
         "packet_loss": 1.0,
@@ -261,34 +190,32 @@ def test_host_that_drops_all_icmp_loses_every_request() -> None:
         "avg_rtt_ms": 0.0,
         "max_rtt_ms": 0.0,
         "std_dev_rtt_ms": 0.0,
-        "address": host.address,
+        "address": silent.address,
     }
+    assert silent.dropped_packets("all") >= 20
 
 
-DROP_30_PERCENT_OF_REPLIES = """
-table ip ct_ping {
-    chain output {
-        type filter hook output priority 0; policy accept;
-        icmp type echo-reply numgen random mod 100 < 30 drop
-    }
-}
-"""
-
-
-def test_host_that_drops_thirty_percent_of_replies_shows_that_loss() -> None:
+def test_host_that_drops_thirty_percent_of_replies_shows_that_loss(
+    netns_host: MakeHost,
+) -> None:
+    # The host's filter drops 30 % of the ICMP leaving it: our requests enter
+    # untouched, and each echo reply is dropped on its own draw.
     count = 200
-    with namespace_host() as host:
-        host.firewall(DROP_30_PERCENT_OF_REPLIES)
-        payload = ping_host(host.address, count=count, interval_s=0.01, timeout_s=0.5)
+    host = netns_host(icmp_drop_percent=30)
 
-    # Each reply is dropped independently with p = 0.30, so the loss over 200 is
+    payload = ping_host(host.address, count=count, interval_s=0.01, timeout_s=0.5)
+
+    # Each reply is lost independently with p = 0.30, so the loss over 200 is
     # binomial: sigma = sqrt(0.3 * 0.7 / 200) = 0.0324, and 4 sigma = 0.130 gives
     # the band 0.170 to 0.430 (outside it by chance: about 6 runs in 100,000).
     sigma = math.sqrt(0.3 * 0.7 / count)
     assert payload["packets_sent"] == count
     assert 0.30 - 4 * sigma <= payload["packet_loss"] <= 0.30 + 4 * sigma
-    received = payload["packets_received"]
-    assert payload["packet_loss"] == pytest.approx((count - received) / count)
+
+    # Exactly the replies the filter dropped are missing.
+    lost = count - payload["packets_received"]
+    assert payload["packet_loss"] == pytest.approx(lost / count)
+    assert host.dropped_packets("icmp") == lost
 
 
 # A user-space echo responder for a namespace whose kernel ignores echo requests:
@@ -322,20 +249,11 @@ while True:
 
 
 @contextlib.contextmanager
-def slow_responder(host: NamespaceHost, delay_s: float, copies: int) -> Iterator[None]:
-    sh(
-        "ip",
-        "netns",
-        "exec",
-        host.namespace,
-        "sysctl",
-        "-w",
-        "net.ipv4.icmp_echo_ignore_all=1",
-    )
-    command = ["ip", "netns", "exec", host.namespace, sys.executable, "-c", RESPONDER]
-    process = subprocess.Popen(
-        [*command, str(delay_s), str(copies)], stdout=subprocess.PIPE, text=True
-    )
+def slow_responder(host: NetnsHost, delay_s: float, copies: int) -> Iterator[None]:
+    """Replace the host kernel's echo replies with late, repeated ones."""
+    sysctl(host, "net.ipv4.icmp_echo_ignore_all=1")
+    argv = [sys.executable, "-c", RESPONDER, str(delay_s), str(copies)]
+    process = host.popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
@@ -345,10 +263,13 @@ def slow_responder(host: NamespaceHost, delay_s: float, copies: int) -> Iterator
         process.wait(timeout=10)
 
 
-def test_replies_count_only_within_the_timeout_and_only_once() -> None:
+def test_replies_count_only_within_the_timeout_and_only_once(
+    netns_host: MakeHost,
+) -> None:
     # Every request gets two replies 0.15 s late: within a 1 s timeout each request
     # counts once with an RTT of at least 150 ms; with a 0.05 s timeout none counts.
-    with namespace_host() as host, slow_responder(host, delay_s=0.15, copies=2):
+    host = netns_host()
+    with slow_responder(host, delay_s=0.15, copies=2):
         patient = ping_host(host.address, count=10, interval_s=0.02, timeout_s=1.0)
         hasty = ping_host(host.address, count=10, interval_s=0.02, timeout_s=0.05)
 

@@ -7,11 +7,14 @@ import re
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from camtester.devtools.media import BIKES_TRUTH, FAULTS, FPS
+from camtester.devtools.silent_server import SilentServer
 from camtester.devtools.simulator import CameraSimulator
+from camtester.devtools.stall_proxy import RtspFramer, StallProxy, rewrite_headers
 from tests.fixtures.media import SECURE_PASSWORD, SECURE_USER
 
 FRAME_S = 1 / FPS
@@ -61,11 +64,12 @@ def assert_intervals(found: list[list[float]], truth: list[list[float]]) -> None
         assert end == pytest.approx(true_end, abs=FRAME_S + 0.01)
 
 
-def ffprobe(source: str, *extra: str) -> dict:
+def ffprobe(source: str, *extra: str) -> dict[str, Any]:
     argv = ["ffprobe", "-v", "error", *extra, "-show_streams", "-show_format"]
     done = run([*argv, "-of", "json", source])
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    info: dict[str, Any] = json.loads(done.stdout)
+    return info
 
 
 def describe_status(camera: CameraSimulator, path: str, auth: str | None = None) -> int:
@@ -80,7 +84,7 @@ def describe_status(camera: CameraSimulator, path: str, auth: str | None = None)
     return int(status_line.split()[1])
 
 
-def codecs(info: dict) -> dict[str, str]:
+def codecs(info: dict[str, Any]) -> dict[str, str]:
     return {s["codec_type"]: s["codec_name"] for s in info["streams"]}
 
 
@@ -93,7 +97,7 @@ def test_clip_has_exactly_its_faults(fault_clips: dict[str, Path], name: str) ->
 
     truth = FAULTS[name]
     for kind in ("black", "freeze", "silence"):
-        assert_intervals(found[kind], truth[kind])  # type: ignore[arg-type]
+        assert_intervals(found[kind], truth[kind])
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
@@ -145,7 +149,7 @@ def test_scenecut_has_one_ydif_peak_at_5s(fault_clips: dict[str, Path]) -> None:
     typical = sorted(ydif)[len(ydif) // 2]
 
     peaks = [n for n, value in enumerate(ydif) if value > 20 * typical]
-    assert peaks == [int(FAULTS["scenecut"]["scene_changes"][0] * FPS)]  # type: ignore[index]
+    assert peaks == [int(FAULTS["scenecut"]["scene_changes"][0] * FPS)]
 
 
 def test_clean_clip_has_no_ydif_peak(fault_clips: dict[str, Path]) -> None:
@@ -261,3 +265,92 @@ def test_stop_shuts_the_server_down_cleanly(fault_clips: dict[str, Path]) -> Non
     assert camera.returncode == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+# -- misbehaving servers --------------------------------------------------------
+
+
+def test_silent_server_accepts_and_never_answers() -> None:
+    with SilentServer() as silent:
+        with socket.create_connection((silent.address, silent.port), timeout=5) as sock:
+            sock.sendall(b"OPTIONS rtsp://x/ RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+            sock.settimeout(1)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+
+        assert silent.accepted == 1
+
+
+def test_ffmpeg_gives_up_on_silent_server() -> None:
+    with SilentServer() as silent:
+        argv = ["ffprobe", "-v", "error", "-rtsp_transport", "tcp"]
+        done = run([*argv, "-timeout", "1000000", silent.url("live")])
+
+    assert done.returncode != 0
+    assert silent.accepted >= 1
+
+
+def test_framer_splits_interleaved_frames_and_responses() -> None:
+    response = b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nContent-Length: 4\r\n\r\nbody"
+    frame = b"$\x00\x00\x03abc"
+    stream = response + frame + frame
+    framer = RtspFramer()
+
+    units = [
+        unit
+        for byte in range(len(stream))
+        for unit in framer.feed(stream[byte : byte + 1])
+    ]
+
+    assert units == [("rtsp", response), ("media", frame), ("media", frame)]
+
+
+def test_rewrite_touches_headers_only() -> None:
+    message = b"RTSP/1.0 200 OK\r\nContent-Base: rtsp://h:1/x/\r\n\r\nrtsp://h:1/"
+
+    assert rewrite_headers(message, b"h:1", b"p:2") == (
+        b"RTSP/1.0 200 OK\r\nContent-Base: rtsp://p:2/x/\r\n\r\nrtsp://h:1/"
+    )
+
+
+def test_stall_proxy_keeps_clients_on_the_proxy(camera: CameraSimulator) -> None:
+    with StallProxy(camera.address, camera.port) as proxy:
+        request = f"DESCRIBE {proxy.url('clean')} RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+        with socket.create_connection((proxy.address, proxy.port), timeout=10) as sock:
+            sock.sendall(request.encode())
+            reply = sock.makefile("rb").read1(65536).decode()
+
+    assert f"Content-Base: {proxy.url('clean')}/" in reply
+
+
+def test_stall_proxy_streams_then_goes_silent(camera: CameraSimulator) -> None:
+    with StallProxy(camera.address, camera.port, stall_after_s=2.0) as proxy:
+        argv = [
+            "ffprobe",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-timeout",
+            "1000000",
+        ]
+        argv += ["-count_frames", "-select_streams", "v"]
+        argv += ["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"]
+        done = run([*argv, proxy.url("clean")])
+
+    assert proxy.stalls == 1
+    # 2 s of a 25 fps stream; RTSP start-up may bunch a few frames.
+    assert int(done.stdout.strip()) == pytest.approx(2 * FPS, abs=8)
+
+
+@pytest.mark.parametrize("mount", ["clean", "live", "bikes"])
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_clean_mounts_decode_without_warnings(
+    camera: CameraSimulator, mount: str, transport: str
+) -> None:
+    argv = ["ffmpeg", "-nostdin", "-nostats", "-v", "warning"]
+    argv += ["-rtsp_transport", transport, "-i", camera.url(mount)]
+    done = run([*argv, "-t", "2", "-f", "null", "-"])
+
+    assert done.returncode == 0
+    assert done.stderr == ""

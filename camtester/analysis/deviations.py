@@ -25,6 +25,8 @@ CRITICAL = "critical"
 # the whole sample is up to a few frames shorter than it.
 _WHOLE_SAMPLE_SLACK_S = 0.5
 
+_FLOAT_SLACK_S = 1e-6
+
 # Names a codec goes by in an expected profile and in ffprobe's codec_name.
 _CODEC_ALIASES = {
     "avc": "h264",
@@ -188,7 +190,9 @@ def _long_intervals(raw: Any, min_s: float) -> list[list[float]]:
         start, end = item
         if not all(isinstance(x, int | float) and math.isfinite(x) for x in item):
             continue
-        if end - start >= min_s:
+        # Interval ends are frame times in float seconds: 2.014 - 0.014 comes out
+        # a hair under 2.0, which is still a 2 s interval.
+        if end - start >= min_s - _FLOAT_SLACK_S:
             kept.append([start, end])
     return kept
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, request
+from flask.json.provider import DefaultJSONProvider
 from flask_restx import Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -19,8 +20,24 @@ from camtester.errors import (
 logger = logging.getLogger(__name__)
 
 
+class _BoundedJsonProvider(DefaultJSONProvider):
+    """Flask's JSON, except that a body nested too deeply is malformed JSON.
+
+    Python's parser answers thousands of nested brackets with RecursionError,
+    which `get_json(silent=True)` does not catch (it catches ValueError only),
+    so a 200 KB body would otherwise be a 500.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError as exc:
+            raise ValueError("JSON nested too deeply") from exc
+
+
 def register(app: Flask, api: Api) -> None:
     """Attach the handlers to both the restx Api and the plain Flask app."""
+    app.json = _BoundedJsonProvider(app)
 
     def invalid(exc: InvalidInput) -> tuple[dict[str, Any], int]:
         return {"message": str(exc)}, exc.status

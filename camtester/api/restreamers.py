@@ -11,6 +11,7 @@ from camtester.errors import InvalidInput, NotFound
 from camtester.restreamers import pick_host, validate_restreamer_host
 from camtester.spec import validate_geo
 from camtester.store.restreamers import RestreamerStore
+from camtester.uris import validate_stream_uri
 
 ns = Namespace("restreamers", description="Restreamer hosts per region", path="/")
 
@@ -64,7 +65,7 @@ class Restreamer(Resource):
     @ns.response(404, "Was not registered")
     def delete(self, geo_location: str, host: str) -> Any:
         """Remove a host from a region."""
-        if not _store().remove(geo_location, host.lower()):
+        if not _store().remove(geo_location, host.strip().lower()):
             raise NotFound(f"{host} is not a restreamer of {geo_location}")
         return "", 204
 
@@ -79,6 +80,8 @@ class RestreamerLookup(Resource):
         uri = request.args.get("uri")
         if not uri:
             raise InvalidInput("uri is required")
+        settings = current_app.extensions["camtester.settings"]
+        uri = validate_stream_uri(uri, settings.allowed_schemes, "uri")
         host = pick_host(_store().hosts(geo), uri)
         if host is None:
             raise NotFound(f"region {geo} has no restreamers")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from typing import Any
 
 from flask import Response, current_app, request
@@ -118,8 +119,9 @@ def submit(tasks: list[dict[str, Any]]) -> list[str]:
         store.delete(ids)
         raise
 
-    for task in tasks:
-        metrics.TASKS_ACCEPTED.labels(task["type"], task["geo_location"]).inc()
+    accepted = Counter((task["type"], task["geo_location"]) for task in tasks)
+    for (task_type, geo), count in accepted.items():
+        metrics.TASKS_ACCEPTED.labels(task_type, geo).inc(count)
     logger.info("accepted %d tasks", len(ids))
     return ids
 
@@ -136,27 +138,50 @@ class Tasks(Resource):
         return {"id": task_id}, 202, {"Location": f"/tasks/{task_id}"}
 
 
+class BadBatchTask(InvalidInput):
+    """Task `index` of a batch is not valid; nothing of the batch was stored."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def _batch_body(limit: int) -> list[Any]:
+    """The list of raw tasks, refused with 413 before any is looked at if too long."""
+    body = _json_body()
+    if isinstance(body, dict) and "tasks" in body:
+        body = body["tasks"]
+    if not isinstance(body, list) or not body:
+        raise InvalidInput("body must be a non-empty list of tasks")
+    if len(body) > limit:
+        raise TooLarge(f"a batch may hold at most {limit} tasks; got {len(body)}")
+    return body
+
+
+def validate_batch(body: list[Any], settings: Settings) -> list[dict[str, Any]]:
+    """Every task normalised, or BadBatchTask for the first one that is not."""
+    tasks = []
+    for index, raw in enumerate(body):
+        try:
+            tasks.append(validate_task(raw, settings, f"tasks[{index}]"))
+        except InvalidInput as exc:
+            raise BadBatchTask(str(exc), index) from exc
+    return tasks
+
+
 @ns.route("/tasks-batch")
 class TaskBatch(Resource):
     @ns.expect([task_input], validate=False)
     @ns.response(202, "Accepted", batch_accepted)
-    @ns.response(400, "A bad task; the message names its index")
+    @ns.response(400, "A bad task; the message and `index` name the first one")
     @ns.response(413, "More tasks than the batch limit")
     def post(self) -> Any:
         """Validate every task, then store and queue them all; ids in order."""
-        body = _json_body()
-        if isinstance(body, dict) and "tasks" in body:
-            body = body["tasks"]
-        if not isinstance(body, list) or not body:
-            raise InvalidInput("body must be a non-empty list of tasks")
-        limit = _settings().max_batch_tasks
-        if len(body) > limit:
-            raise TooLarge(f"a batch may hold at most {limit} tasks; got {len(body)}")
-
-        settings = _settings()
-        tasks = [
-            validate_task(raw, settings, f"tasks[{i}]") for i, raw in enumerate(body)
-        ]
+        body = _batch_body(_settings().max_batch_tasks)
+        try:
+            tasks = validate_batch(body, _settings())
+        except BadBatchTask as exc:
+            return {"message": str(exc), "index": exc.index}, 400
         return {"ids": submit(tasks)}, 202
 
 

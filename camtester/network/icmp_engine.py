@@ -14,11 +14,9 @@ callers reach the engine through `submit`, which takes the lock.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
-import operator
 import os
 import random
 import select
@@ -39,6 +37,11 @@ SEND_BATCH = 32
 IDLE_WAIT_S = 5.0
 #: Delay before retrying a send the kernel refused for lack of buffer, seconds.
 SEND_RETRY_S = 0.001
+#: An engine whose loop has not turned for this long is stuck, seconds. An idle
+#: loop turns every IDLE_WAIT_S, a loaded one far more often.
+STALL_S = 30.0
+#: Shortest time between two warnings about replies the kernel dropped, seconds.
+DROP_REPORT_S = 10.0
 _RECEIVE_BYTES = 2048
 
 
@@ -65,9 +68,9 @@ class Session:
 class Engine:
     """The I/O thread of one address family and the sessions it runs."""
 
-    def __init__(self, channel: icmp_wire.Channel) -> None:
+    def __init__(self, channel: icmp_wire.Channel, identifier: int) -> None:
         self.channel = channel
-        self.template = icmp_wire.EchoTemplate(channel, random.getrandbits(16))
+        self.template = icmp_wire.EchoTemplate(channel, identifier)
         self._lock = threading.Lock()
         self._incoming: deque[Session] = deque()
         self._stopped = False
@@ -80,6 +83,8 @@ class Engine:
         self._next_sequence: dict[str, int] = {}
         self._active: set[Session] = set()
         self._drops_seen = 0
+        self._drops_reported_at = -DROP_REPORT_S
+        self._last_turn = time.monotonic()
 
         self._thread = threading.Thread(
             target=self._run, name="icmp-engine", daemon=True
@@ -89,6 +94,10 @@ class Engine:
     @property
     def alive(self) -> bool:
         return not self._stopped
+
+    def responsive(self) -> bool:
+        """Running and turning its loop: slow under load is fine, stuck is not."""
+        return self.alive and time.monotonic() - self._last_turn < STALL_S
 
     def submit(self, session: Session) -> None:
         """Hand a session to the engine thread; it starts sending at once."""
@@ -132,7 +141,7 @@ class Engine:
         try:
             while not self._stopped:
                 poller.poll(self._wait_ms())
-                now = time.monotonic()
+                now = self._last_turn = time.monotonic()
                 self._admit(now)
                 self._drain()
                 self._send_due(now)
@@ -199,13 +208,10 @@ class Engine:
     def _send_one(self, session: Session) -> bool:
         """Send the session's next request; False when it must be retried shortly."""
         sequence = self._allocate_sequence(session.address)
-        send = functools.partial(self.channel.sock.sendto, packet, session.sockaddr)
+        packet = self.template.packet(sequence)
+        sent_ns = time.time_ns()
         try:
-            # NOTE: the stamp and the send run back to back in C (map over
-            # operator.call): the interpreter checks for a thread switch only
-            # between bytecodes, so a busy thread in this process cannot take the
-            # GIL between them and inflate the round trip by a switch interval.
-            sent_ns, _ = map(operator.call, (time.time_ns, send))
+            self.channel.sock.sendto(packet, session.sockaddr)
         except OSError as exc:
             if icmp_wire.is_transient_send_error(exc):
                 return False
@@ -262,11 +268,17 @@ class Engine:
             self._finish(session)
 
     def _report_drops(self, drops: int) -> None:
+        """Warn, at most every DROP_REPORT_S, that the kernel dropped replies."""
+        now = time.monotonic()
+        if now - self._drops_reported_at < DROP_REPORT_S:
+            return
         logger.warning(
-            "ICMP socket dropped %d replies for want of buffer: the worker is overloaded",
+            "ICMP socket dropped %d replies for want of buffer; the figures of "
+            "pings running now understate what came back",
             drops - self._drops_seen,
         )
         self._drops_seen = drops
+        self._drops_reported_at = now
 
     def _expire(self, now: float) -> None:
         while self._finishes and self._finishes[0][0] <= now:
@@ -315,13 +327,14 @@ def get_engine(family: int) -> Engine:
         if engine is not None:
             engine.stop()
 
+        identifier = random.getrandbits(16)
         try:
-            channel = icmp_wire.open_channel(family)
+            channel = icmp_wire.open_channel(family, identifier)
         except SetupError as exc:
             _setup_errors[family] = str(exc)
             logger.error("%s", exc)
             raise
-        engine = _engines[family] = Engine(channel)
+        engine = _engines[family] = Engine(channel, identifier)
         return engine
 
 

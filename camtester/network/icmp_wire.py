@@ -10,6 +10,7 @@ matches one request at a time and stamps replies after Python got round to them.
 
 from __future__ import annotations
 
+import array
 import errno
 import logging
 import os
@@ -42,6 +43,13 @@ ICMP6_FILTER = 1
 SO_RCVBUFFORCE = 33
 SO_TIMESTAMPNS = 35
 SO_RXQ_OVFL = 40
+SO_ATTACH_FILTER = 26
+# Classic BPF opcodes (linux/bpf_common.h).
+BPF_LD, BPF_LDX, BPF_JMP, BPF_RET = 0x00, 0x01, 0x05, 0x06
+BPF_H, BPF_B = 0x08, 0x10
+BPF_ABS, BPF_IND, BPF_MSH = 0x20, 0x40, 0xA0
+BPF_JEQ, BPF_K = 0x10, 0x00
+_BPF_INSN = struct.Struct("@HBBI")
 
 _TIMESPEC = struct.Struct("@ll")
 _DROPS = struct.Struct("@I")
@@ -62,24 +70,35 @@ class Channel:
     owner: icmplib.ICMPv4Socket | icmplib.ICMPv6Socket
 
 
-def open_channel(family: int) -> Channel:
-    """Open the family's socket, raw when permitted, else an unprivileged one."""
+def open_channel(family: int, identifier: int) -> Channel:
+    """Open the family's socket, raw when permitted, else an unprivileged one.
+
+    `identifier` goes into every request; a raw socket lets only replies that
+    carry it through to us.
+    """
     owner_class = (
         icmplib.ICMPv4Socket if family == socket.AF_INET else icmplib.ICMPv6Socket
     )
-    refusals = []
     for privileged in (True, False):
         try:
             owner = owner_class(privileged=privileged)
-        except icmplib.SocketPermissionError as exc:
-            refusals.append(str(exc))
-            continue
+        except icmplib.SocketPermissionError:
+            continue  # Not this kind of socket; try the next, then explain.
         except icmplib.ICMPSocketError as exc:
-            raise SetupError(f"ICMP socket cannot be opened here: {exc}") from exc
+            raise SetupError(
+                f"{family_name(family)} ICMP socket cannot be opened here: {exc}"
+            ) from exc
 
-        return _configure(Channel(family, privileged, owner.sock, False, owner))
+        channel = _configure(Channel(family, privileged, owner.sock, False, owner))
+        if privileged:
+            _attach_identifier_filter(channel, identifier)
+        return channel
 
     raise SetupError(f"ICMP not permitted for this worker: {_permission_story()}")
+
+
+def family_name(family: int) -> str:
+    return "IPv4" if family == socket.AF_INET else "IPv6"
 
 
 def _permission_story() -> str:
@@ -121,11 +140,39 @@ def _configure(channel: Channel) -> Channel:
 
     logger.info(
         "ICMP socket for %s opened (%s, kernel timestamps %s)",
-        "IPv4" if channel.family == socket.AF_INET else "IPv6",
+        family_name(channel.family),
         "raw" if channel.privileged else "unprivileged datagram",
         "on" if channel.kernel_timestamps else "off",
     )
     return channel
+
+
+def _attach_identifier_filter(channel: Channel, identifier: int) -> None:
+    """A socket filter that drops every echo reply not carrying `identifier`.
+
+    Without it each raw ICMP socket on the host queues every other program's
+    replies too: a busy neighbour (another worker, fping) could fill our buffer
+    and make our own replies look lost. iputils ping does the same.
+    """
+    if channel.family == socket.AF_INET:
+        # A raw IPv4 socket's filter sees the IP header first: X = its length.
+        program = [
+            (BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0),
+            (BPF_LD | BPF_H | BPF_IND, 0, 0, 4),
+        ]
+    else:
+        program = [(BPF_LD | BPF_H | BPF_ABS, 0, 0, 4)]
+    program += [
+        (BPF_JMP | BPF_JEQ | BPF_K, 0, 1, identifier),
+        (BPF_RET | BPF_K, 0, 0, 0xFFFFFFFF),
+        (BPF_RET | BPF_K, 0, 0, 0),
+    ]
+
+    code = array.array("B", b"".join(_BPF_INSN.pack(*insn) for insn in program))
+    address, _ = code.buffer_info()
+    fprog = struct.pack("@HP", len(program), address)
+    if not _try_setsockopt(channel.sock, socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog):
+        logger.warning("no socket filter: other programs' replies reach this socket")
 
 
 def _enlarge_receive_buffer(sock: socket.socket) -> None:
@@ -193,7 +240,8 @@ def parse_reply(channel: Channel, template: EchoTemplate, data: bytes) -> int | 
         return None
 
     # A datagram socket's identifier is the kernel's choice and only replies to
-    # this socket arrive on it; a raw socket sees everyone's replies.
+    # this socket arrive on it; a raw socket's filter checked ours already, but
+    # it may be missing where the kernel refused it.
     if channel.privileged and identifier != template.identifier:
         return None
     cookie_at = offset + 8

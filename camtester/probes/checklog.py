@@ -29,6 +29,11 @@ would count it two to five times, so each damaged piece counts once:
   skipping". Each counts. Their cause lines before them ("Reference 5 >= 4", "cabac
   decode of qscale diff failed", "non-existing PPS 0 referenced", "deblocking filter
   parameters out of range", ...) do not.
+- A whole frame lost in transit leaves no slice to fail; the frames that refer to it
+  report it: "Missing reference picture, default is N" (a slice decoded against a
+  stand-in picture; the "reference picture missing during reorder" before it is its
+  cause), "mmco: unref short failure" and "co located POCs unavailable". Each
+  counts, as a slice error of the frame that printed it.
 - "concealing N DC, N AC, N MV errors in X frame" (info level) ends a frame that had
   to be repaired. After slice errors of the same decoder it only restates them; with
   none it is the sole report of slices that never reached the decoder (a NAL unit a
@@ -70,6 +75,8 @@ _PATTERNS = (
         re.compile(
             r"error while decoding MB \d+ \d+|decode_slice_header error"
             r"|Invalid NAL unit size|Invalid NAL unit \d+, skipping"
+            r"|Missing reference picture|mmco: unref short failure"
+            r"|co located POCs unavailable"
         ),
     ),
     (CONCEALED, re.compile(r"concealing \d+ DC, \d+ AC, \d+ MV errors")),

@@ -12,9 +12,12 @@ import re
 from dataclasses import dataclass, field
 
 _LEVEL = re.compile(r"\[(panic|fatal|error|warning|info|verbose|debug|trace)\] ")
-# The probe's own outputs: a tee slave with no stream to write (audio of a stream
-# without audio) fails on purpose and says so at error level.
-_OWN_OUTPUTS = re.compile(r"^\[(tee|null|image2pipe|framecrc) @ ")
+# Errors of the probe's own making, not the stream's: a tee slave with no stream to
+# write (the audio of a stream without audio) fails on purpose, and stopping a
+# stalled ffmpeg interrupts the writes to its pipes.
+_OWN_OUTPUTS = re.compile(
+    r"^\[(tee|null|image2pipe|framecrc) @ |Immediate exit requested|/dev/fd/\d"
+)
 _REPEATED = re.compile(r"Last message repeated (\d+) times")
 _STREAM = re.compile(r"Stream #0:\d+\S*: (Video|Audio): (\w+)")
 _RATE = re.compile(r"([\d.]+)(k?) (fps|tbr)\b")
@@ -64,7 +67,7 @@ class StderrWatch:
 
         level = _LEVEL.search(line)
         self._last_level = level.group(1) if level else ""
-        if _OWN_OUTPUTS.match(line):
+        if _OWN_OUTPUTS.search(line):
             self._last_level = "own"
         if self._last_level in ERROR_LEVELS:
             self.error_lines += 1

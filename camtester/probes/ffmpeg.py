@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Self
 from urllib.parse import quote
@@ -88,11 +89,13 @@ class FfmpegRun:
     timed_out: bool
     #: ffmpeg had to be SIGKILLed (it did not stop on SIGINT in time).
     killed: bool
+    #: camtester stopped ffmpeg because the stream stopped (see `run_ffmpeg`).
+    stopped: bool = False
 
     @property
     def ok(self) -> bool:
         """ffmpeg finished by itself with status 0."""
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and not self.stopped
 
 
 # -- version and command line -------------------------------------------------
@@ -128,14 +131,20 @@ def parse_version(first_line: str) -> tuple[int, int]:
     return 99, 0
 
 
-def base_args(settings: Settings | None = None, *, loglevel: str = "info") -> list[str]:
-    """The start of every ffmpeg command line: binary, no stdin, no banner, no stats."""
+def base_args(
+    settings: Settings | None = None, *, loglevel: str = "info", stats: bool = False
+) -> list[str]:
+    """The start of every ffmpeg command line: binary, no stdin, no banner.
+
+    `stats` keeps ffmpeg's progress line (twice a second), which `run_ffmpeg`
+    needs for `stall_timeout_s`; it never reaches the tail or the sink.
+    """
     settings = settings or get_settings()
     return [
         settings.ffmpeg_path,
         "-nostdin",
         "-hide_banner",
-        "-nostats",
+        "-stats" if stats else "-nostats",
         "-loglevel",
         loglevel,
     ]
@@ -223,22 +232,63 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-class _StderrTail:
-    """Drains ffmpeg's stderr line by line, keeping a bounded tail."""
+# ffmpeg's progress line ("frame=  74 fps= 10 ... time=00:00:02.96 ..."), which it
+# ends with a carriage return and rewrites in place twice a second.
+_PROGRESS = re.compile(r"(?:^|\] )(?:frame|size)=.*?time=\s*(-?)(\d+):(\d+):([\d.]+)")
 
-    def __init__(self, sink: Callable[[str], None] | None) -> None:
+
+def progress_time(line: str) -> float | None:
+    """The stream time in a progress line, seconds; None for any other line."""
+    match = _PROGRESS.search(line)
+    if not match:
+        return None
+    sign, hours, minutes, seconds = match.groups()
+    value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return -value if sign else value
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """Lines ended by a newline or a carriage return, as they arrive."""
+    pending = b""
+    while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+        pending += chunk
+        parts = re.split(rb"[\r\n]", pending)
+        pending = parts.pop()[-MAX_LINE_CHARS:]
+        yield from (part for part in parts if part.strip())
+    if pending.strip():
+        yield pending
+
+
+class _StderrTail:
+    """Drains ffmpeg's stderr line by line, keeping a bounded tail and the progress."""
+
+    def __init__(
+        self,
+        sink: Callable[[str], None] | None,
+        stop_when: Callable[[str], bool] | None,
+    ) -> None:
         self.lines: deque[str] = deque(maxlen=TAIL_LINES)
         self.sink = sink
+        self.stop_when = stop_when
+        self.stop = threading.Event()
         self.count = 0
+        #: When the stream time in the progress line last moved on (monotonic).
+        self.progressed_at: float | None = None
+        self._progress = -math.inf
 
     def pump(self, stream: IO[bytes]) -> None:
         sink_failed = False
-        for raw in stream:
+        for raw in _lines(stream):
             line = mask_uri(raw[:MAX_LINE_CHARS].decode("utf-8", "replace").rstrip())
+            if self._is_progress(line):
+                continue
+
             self.count += 1
             self.lines.append(line)
             if self.count <= DEBUG_LOG_LINES:
                 logger.debug("ffmpeg: %s", line)
+            if self.stop_when is not None and self.stop_when(line):
+                self.stop.set()
             if self.sink is not None and not sink_failed:
                 try:
                     self.sink(line)
@@ -253,6 +303,20 @@ class _StderrTail:
                 self.count - DEBUG_LOG_LINES,
             )
 
+    def _is_progress(self, line: str) -> bool:
+        """Note the stream time of a progress line; such lines go nowhere else."""
+        value = progress_time(line)
+        if value is None:
+            return False
+        if value > self._progress:
+            self._progress = value
+            self.progressed_at = time.monotonic()
+        return True
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds since the stream time last moved on; 0 before it first did."""
+        return 0.0 if self.progressed_at is None else now - self.progressed_at
+
     def text(self) -> str:
         return "\n".join(self.lines)[-TAIL_CHARS:]
 
@@ -265,25 +329,64 @@ def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
         pass
 
 
+#: Seconds between the two SIGINTs that stop ffmpeg gracefully.
+_SECOND_INTERRUPT_AFTER_S = 0.5
+
+
 def _stop(proc: subprocess.Popen[bytes], grace_s: float) -> bool:
-    """Stop ffmpeg after a timeout; True if it had to be SIGKILLed.
+    """Stop ffmpeg early; True if it had to be SIGKILLed.
 
     With a grace period, ffmpeg first gets SIGINT, on which it stops reading and
-    finishes its outputs, so that what it analysed so far is not lost. A second
-    SIGINT breaks a read that blocks forever (ffmpeg honours only the second one
-    while inside I/O).
+    finishes its outputs, so that what it analysed so far is not lost. ffmpeg
+    honours a first SIGINT only between two reads; a second one also breaks a
+    read that blocks (and makes writes to its outputs fail, which is why outputs
+    that matter should be written with `-flush_packets 1`).
     """
-    for _ in range(2 if grace_s > 0 else 0):
+    if grace_s > 0:
         _signal_group(proc, signal.SIGINT)
-        try:
-            proc.wait(timeout=grace_s / 2)
-            return False
-        except subprocess.TimeoutExpired:
-            pass
+        for wait_s in (_SECOND_INTERRUPT_AFTER_S, grace_s):
+            try:
+                proc.wait(timeout=wait_s)
+                return False
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGINT)
 
     _signal_group(proc, signal.SIGKILL)
     proc.wait()
     return True
+
+
+def input_timed_out(line: str) -> bool:
+    """A `stop_when` predicate: ffmpeg reports that reading its input timed out.
+
+    ffmpeg 5.1 does not end on such an error while its decoders still hold
+    frames: it flushes one frame and reads again, waiting the whole socket
+    timeout once per buffered frame. One timeout is enough to know the stream
+    has stopped.
+    """
+    return "Connection timed out" in line or "Operation timed out" in line
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    wall_timeout_s: float,
+    tail: _StderrTail,
+    stall_timeout_s: float | None,
+) -> str:
+    """Wait for ffmpeg: "exited", "timeout", "stop" (asked for) or "stall"."""
+    deadline = time.monotonic() + wall_timeout_s
+    while not tail.stop.is_set():
+        now = time.monotonic()
+        if now >= deadline:
+            return "timeout"
+        if stall_timeout_s is not None and tail.stalled_for(now) > stall_timeout_s:
+            return "stall"
+        try:
+            proc.wait(timeout=min(deadline - now, 0.1))
+            return "exited"
+        except subprocess.TimeoutExpired:
+            pass
+    return "stop"
 
 
 def run_ffmpeg(
@@ -293,13 +396,19 @@ def run_ffmpeg(
     stderr_sink: Callable[[str], None] | None = None,
     pass_fds: Iterable[int] = (),
     interrupt_grace_s: float = 0.0,
+    stop_when: Callable[[str], bool] | None = None,
+    stall_timeout_s: float | None = None,
 ) -> FfmpegRun:
     """Run ffmpeg to its end or for at most `wall_timeout_s` (+ the grace period).
 
     `stderr_sink` gets every stderr line (masked, without newline) as it comes, from
-    a reader thread. `pass_fds` stay open in ffmpeg, e.g. pipes for `pipe:N` outputs.
-    On timeout, ffmpeg gets `interrupt_grace_s` to finish its outputs after SIGINT
-    before SIGKILL. Raises SetupError if the binary cannot be started.
+    a reader thread; progress lines are not passed on. `pass_fds` stay open in
+    ffmpeg, e.g. pipes for `pipe:N` outputs. ffmpeg is stopped early when
+    `stop_when` returns True for a stderr line (e.g. `input_timed_out`), or when
+    the stream time of its progress line (`base_args(stats=True)`) stands still for
+    `stall_timeout_s`; then, as on timeout, it gets `interrupt_grace_s` to finish
+    its outputs after SIGINT before SIGKILL. Raises SetupError if the binary cannot
+    be started.
     """
     logger.debug("Running %s", mask_uri(" ".join(argv)))
     started = time.monotonic()
@@ -318,17 +427,23 @@ def run_ffmpeg(
     except OSError as exc:
         raise SetupError(f"ffmpeg at {argv[0]!r} cannot be started: {exc}") from exc
 
-    tail = _StderrTail(stderr_sink)
+    tail = _StderrTail(stderr_sink, stop_when)
     assert proc.stderr is not None
     reader = threading.Thread(target=tail.pump, args=(proc.stderr,), daemon=True)
     reader.start()
-    timed_out = killed = False
+    timed_out = killed = stopped = False
     try:
-        proc.wait(timeout=wall_timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        logger.warning("ffmpeg ran past its %.1fs limit; stopping it.", wall_timeout_s)
-        killed = _stop(proc, interrupt_grace_s)
+        ended = _wait(proc, wall_timeout_s, tail, stall_timeout_s)
+        if ended == "timeout":
+            timed_out = True
+            logger.warning(
+                "ffmpeg ran past its %.1fs limit; stopping it.", wall_timeout_s
+            )
+        elif ended != "exited":
+            stopped = True
+            logger.info("The stream stopped sending (%s); stopping ffmpeg.", ended)
+        if ended != "exited":
+            killed = _stop(proc, interrupt_grace_s)
     finally:
         # Also on KeyboardInterrupt, a Celery soft time limit or any other error.
         if proc.returncode is None:
@@ -340,7 +455,7 @@ def run_ffmpeg(
 
     elapsed = time.monotonic() - started
     logger.debug("ffmpeg exited %s after %.1fs", proc.returncode, elapsed)
-    return FfmpegRun(proc.returncode, tail.text(), elapsed, timed_out, killed)
+    return FfmpegRun(proc.returncode, tail.text(), elapsed, timed_out, killed, stopped)
 
 
 class PipeCollector:
@@ -463,32 +578,43 @@ def redact(text: str, uri: str) -> str:
     return text
 
 
-def classify_failure(run: FfmpegRun, uri: str) -> MeasurementError | SetupError:
-    """The exception that says why `run` could not read `uri`."""
+def classify_failure(
+    run: FfmpegRun, uri: str, *, connect_timeout_s: float | None = None
+) -> MeasurementError | SetupError:
+    """The exception that says why `run` could not read `uri`.
+
+    With `connect_timeout_s`, a run that lasted that long and ended in a generic
+    "invalid data" is a server that sent nothing: ffmpeg's RTSP client reports
+    an unanswered request that way once its socket timeout expires.
+    """
     tail = redact(run.stderr_tail, uri)
     if _SETUP_FAILURE.search(tail):
         return SetupError(
             f"this worker's ffmpeg rejected camtester's options: {_last_lines(tail)}"
         )
 
+    waited = connect_timeout_s is not None and run.elapsed_s >= 0.9 * connect_timeout_s
     for pattern, error, text in _FAILURES:
-        if pattern.search(tail):
+        if pattern.search(tail) and not (waited and error is TargetUnsupported):
             return error(f"{text} ({mask_uri(uri)})")
 
-    if run.timed_out:
+    if run.timed_out or run.stopped or waited:
         return TargetTimeout(
-            f"the stream sent nothing usable within {run.elapsed_s:.0f}s ({mask_uri(uri)})"
+            f"the stream sent nothing usable within {run.elapsed_s:.0f}s "
+            f"({mask_uri(uri)})"
         )
     return MeasurementInternal(
         f"ffmpeg exited with status {run.returncode}: {_last_lines(tail)}"
     )
 
 
-def raise_for_failure(run: FfmpegRun, uri: str) -> None:
+def raise_for_failure(
+    run: FfmpegRun, uri: str, *, connect_timeout_s: float | None = None
+) -> None:
     """Raise the MeasurementError (or SetupError) that fits a failed run; else nothing."""
     if run.ok:
         return
-    raise classify_failure(run, uri)
+    raise classify_failure(run, uri, connect_timeout_s=connect_timeout_s)
 
 
 def _last_lines(text: str) -> str:

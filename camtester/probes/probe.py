@@ -33,6 +33,7 @@ from camtester.probes.ffmpeg import (
     classify_failure,
     ffmpeg_version,
     input_args,
+    input_timed_out,
     is_local_file,
     run_ffmpeg,
 )
@@ -65,7 +66,7 @@ SNAPSHOT_CANDIDATES = 10
 SNAPSHOT_QUALITY = 5
 #: Seconds a stream probe may run beyond duration + connect timeout.
 WALL_SLACK_S = 1.5
-#: Seconds ffmpeg gets after SIGINT to finish its outputs before SIGKILL.
+#: Seconds ffmpeg gets after a second SIGINT to finish its outputs before SIGKILL.
 INTERRUPT_GRACE_S = 1.5
 
 DETECTORS = Detectors(
@@ -104,11 +105,13 @@ def probe_stream(
     transport: str = "tcp",
     connect_timeout_s: float | None = None,
     settings: Settings | None = None,
+    analysis_width: int = ANALYSIS_WIDTH,
 ) -> ProbeOutcome:
     """Probe `duration_s` seconds of `uri` (a stream URI or, from the CLI, a file).
 
     Raises a MeasurementError subclass when the stream cannot be read at all;
     a stream that stops early gives a payload with `stalled: true`.
+    `analysis_width` (px) is there to compare answers with the full picture.
     """
     settings = settings or get_settings()
     timeout_s = (
@@ -130,6 +133,7 @@ def probe_stream(
             connect_timeout_s=timeout_s,
             settings=settings,
             pipes=pipes,
+            analysis_width=analysis_width,
         )
         run = run_ffmpeg(
             argv,
@@ -137,6 +141,8 @@ def probe_stream(
             stderr_sink=watch,
             pass_fds=[pipe.fd for pipe in pipes.all()],
             interrupt_grace_s=INTERRUPT_GRACE_S,
+            stop_when=input_timed_out,
+            stall_timeout_s=timeout_s,
         )
         outputs = {
             "video": pipes.video.data(),
@@ -145,7 +151,7 @@ def probe_stream(
             "snapshots": pipes.snapshots.data(),
         }
 
-    outcome = _outcome(uri, run, watch, outputs, duration_s)
+    outcome = _outcome(uri, run, watch, outputs, duration_s, timeout_s)
     logger.info(
         "Probed %s: %.1fs of %.1fs, %d video and %d audio frames, in %.1fs",
         mask_uri(uri),
@@ -182,7 +188,7 @@ def probe_command(
 
     # One decoding thread per stream: a worker runs several probes at once.
     # -y: the outputs are our own pipes, which "exist" as /dev/fd paths.
-    argv = [*base_args(settings, loglevel="level+info"), "-y"]
+    argv = [*base_args(settings, loglevel="level+info", stats=True), "-y"]
     argv += ["-filter_threads", "1", "-threads", "1", "-t", f"{duration_s:.3f}"]
     argv += input_args(
         uri, transport=transport, connect_timeout_s=connect_timeout_s, settings=settings
@@ -198,10 +204,12 @@ def probe_command(
     argv += ["-filter:a", audio_filters(pipes.audio.path)]
     argv += _passthrough_frames(version)
     argv += ["-c:v", "mjpeg", "-q:v", str(SNAPSHOT_QUALITY), "-c:a", "pcm_s16le"]
-    argv += ["-threads", "1", "-f", "tee", _tee_outputs(pipes.snapshots.path)]
+    # -flush_packets: what was written must survive a stop (see ffmpeg._stop).
+    flush = ["-flush_packets", "1"]
+    argv += ["-threads", "1", *flush, "-f", "tee", _tee_outputs(pipes.snapshots.path)]
 
     # Packets as read, for keyframes and bit rate: no decoding, only a checksum.
-    argv += [*maps, "-c", "copy", "-f", "framecrc", pipes.packets.path]
+    argv += [*maps, "-c", "copy", *flush, "-f", "framecrc", pipes.packets.path]
     return argv
 
 
@@ -261,12 +269,13 @@ def _outcome(
     watch: StderrWatch,
     outputs: dict[str, bytes],
     duration_s: float,
+    timeout_s: float,
 ) -> ProbeOutcome:
     """The probe's answer from what ffmpeg wrote, or the error why it could not."""
     video = parse_metadata_print(outputs["video"].decode("utf-8", "replace"))
     audio = parse_metadata_print(outputs["audio"].decode("utf-8", "replace"))
     if not video and not audio:
-        raise _nothing_read(run, uri)
+        raise _nothing_read(run, uri, timeout_s)
 
     payload = summarize(
         video,
@@ -275,7 +284,7 @@ def _outcome(
         watch,
         requested_s=duration_s,
         detectors=DETECTORS,
-        cut_short=run.timed_out,
+        cut_short=run.timed_out or run.stopped,
     )
     snapshot = pick_snapshot(
         outputs["snapshots"], payload["sample_duration_sec"], duration_s
@@ -283,9 +292,9 @@ def _outcome(
     return ProbeOutcome(payload, snapshot)
 
 
-def _nothing_read(run: FfmpegRun, uri: str) -> Exception:
+def _nothing_read(run: FfmpegRun, uri: str, timeout_s: float) -> Exception:
     """Why a run that decoded no frame at all failed."""
-    error = classify_failure(run, uri)
+    error = classify_failure(run, uri, connect_timeout_s=timeout_s)
     if run.ok and isinstance(error, MeasurementError):
         return MeasurementInternal(
             f"ffmpeg read {mask_uri(uri)} but decoded no audio or video frame"

@@ -79,6 +79,25 @@ def timeline(
     return Timeline(min(firsts), max(ends), frame_s)
 
 
+def trim_to_sample(
+    video: Sequence[FrameRecord], audio: Sequence[FrameRecord], requested_s: float
+) -> tuple[list[FrameRecord], list[FrameRecord]]:
+    """The frames that start within `requested_s` of the earliest one.
+
+    ffmpeg's `-t` counts from the input's start time, which for an RTSP stream
+    without audio is the first packet's decoding time, a reorder delay before its
+    first picture: a frame or two more get through than the sample holds.
+    """
+    starts = [frame.pts_time for frame in (*video, *audio)]
+    if not starts:
+        return list(video), list(audio)
+    limit = min(starts) + requested_s - iv.EPSILON_S
+    return (
+        [frame for frame in video if frame.pts_time < limit],
+        [frame for frame in audio if frame.pts_time < limit],
+    )
+
+
 def video_frame_duration(video: Sequence[FrameRecord]) -> float:
     """The typical distance between frames (the median, robust to a dropped one)."""
     times = sorted(frame.pts_time for frame in video)
@@ -239,8 +258,10 @@ def summarize(
 
     `cut_short` says that ffmpeg had to be stopped before it ended by itself.
     """
+    video, audio = trim_to_sample(video, audio, requested_s)
     audio_header = packets.stream_of_type("audio")
     line = timeline(video, audio, audio_header.sample_rate if audio_header else None)
+    line.end = min(line.end, line.origin + requested_s)
     black = black_intervals(video, line)
     freeze = freeze_intervals(video, line, black, detectors.freeze_min_s)
     silence = silence_intervals(audio, line)

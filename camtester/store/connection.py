@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,13 +33,37 @@ def connect(settings: Settings) -> Any:
     return redis.Redis.from_url(settings.redis_url, **options)
 
 
+#: Redis answers meaning "cannot serve now", not "bad command": a server still
+#: loading its append-only file, a replica after a failover (READONLY), no
+#: memory left (OOM), persistence failing (MISCONF), a cluster without a master.
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.SlotNotCoveredError,
+)
+# The same answers as plain error replies; a pipeline prefixes them with
+# "Command # n (...) of pipeline caused error: ".
+_UNAVAILABLE_REPLY = re.compile(r"(^|error: )(MISCONF|LOADING|MASTERDOWN|NOREPLICAS)\b")
+
+
 @contextlib.contextmanager
 def store_errors(url: str) -> Iterator[None]:
-    """Turn a Redis that does not answer into `StoreUnavailable`."""
+    """Turn a Redis that does not answer, or cannot serve, into `StoreUnavailable`."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        logger.error("task store %s does not answer: %s", mask_uri(url), exc)
-        raise StoreUnavailable(f"task store does not answer: {exc}") from exc
-    except redis.exceptions.ClusterDownError as exc:
-        raise StoreUnavailable(f"task store cluster is down: {exc}") from exc
+    except _UNAVAILABLE as exc:
+        raise _unavailable(url, exc) from exc
+    except redis.ResponseError as exc:
+        if not _UNAVAILABLE_REPLY.search(str(exc)):
+            raise
+        raise _unavailable(url, exc) from exc
+
+
+def _unavailable(url: str, exc: Exception) -> StoreUnavailable:
+    logger.error("task store %s does not answer: %s", mask_uri(url), exc)
+    return StoreUnavailable(f"task store does not answer: {mask_uri(str(exc))}")

@@ -11,7 +11,13 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_ready
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_ready,
+)
 
 from camtester import logs
 from camtester.settings import get_settings
@@ -30,6 +36,13 @@ def _use_camtester_logging(**_: object) -> None:
     # worker lines carry the task id and type like every other camtester line.
     settings = get_settings()
     logs.configure_logging(settings.log_format, settings.log_level)
+
+
+@celeryd_init.connect
+def _log_early(**_: object) -> None:
+    # The worker warns (e.g. about running as root) before it sets up logging;
+    # configured here already, that warning is a line in our format too.
+    _use_camtester_logging()
 
 
 @task_prerun.connect

@@ -147,7 +147,14 @@ def _through_restreamer(
 
 
 class MeasureTask(Task):
-    """Base of the measurement tasks: a hard time limit still yields a result."""
+    """Base of the measurement tasks: a delivery that fails still yields a result.
+
+    Celery calls `on_failure` in the pool process for an exception the task did
+    not handle (a soft time limit outside the measurement, a store that stayed
+    down through every retry), and in the worker's main process when the hard
+    time limit killed the pool process. The chain's aggregation never comes
+    then, so a failed result is sent to it here, unless a result is stored.
+    """
 
     def on_failure(
         self,
@@ -157,25 +164,45 @@ class MeasureTask(Task):
         kwargs: Any,
         einfo: ExceptionInfo,
     ) -> None:
-        # Celery calls this in the worker's main process when the hard limit
-        # killed the pool process; the chain's aggregation never comes then.
-        if not isinstance(exc, TimeLimitExceeded) or len(args) != 3:
+        if len(args) != 3:
             return
         task_id, index, measurement = args
         with task_context(task_id, measurement["type"]):
-            logger.error("subtask %d killed at the hard time limit", index)
-            error = TargetTimeout("the measurement ran past the task's time limit")
-            # A task of this measurement alone: the aggregation marks it failed,
-            # which also stops a complex task at this subtask.
-            alone = {
-                key: measurement[key]
-                for key in ("type", "geo_location", "target", "options")
-            }
-            celery_app.send_task(
-                "camtester.aggregate",
-                args=(_failure_envelope(measurement, error), task_id, index, alone),
-                queue="results",
-            )
+            if _has_result(task_id, index):
+                return
+            logger.error("subtask %d failed: %s", index, type(exc).__name__)
+            send_failure(task_id, index, measurement, _failure_for(exc))
+
+
+def _failure_for(exc: Exception) -> MeasurementError:
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
+        return TargetTimeout("the measurement ran past the task's time limit")
+    return MeasurementInternal(f"the worker could not measure: {type(exc).__name__}")
+
+
+def _has_result(task_id: str, index: int) -> bool:
+    try:
+        return task_store().has_result(task_id, index)
+    except StoreUnavailable:
+        # The aggregation retries until the store answers again.
+        return False
+
+
+def send_failure(
+    task_id: str, index: int, measurement: dict[str, Any], error: MeasurementError
+) -> None:
+    """Have the aggregation store a failed result for subtask `index`."""
+    # A task of this measurement alone: the aggregation marks it failed, which
+    # also stops a complex task at this subtask.
+    alone = {
+        key: measurement[key] for key in ("type", "geo_location", "target", "options")
+    }
+    celery_app.send_task(
+        "camtester.aggregate",
+        args=(_failure_envelope(measurement, error), task_id, index, alone),
+        queue="results",
+        argsrepr=repr((task_id, index, measurement["type"], alone["geo_location"])),
+    )
 
 
 _options: dict[str, Any] = {

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 RESULTS_QUEUE = "results"
 
+# A submission waits this long for a broker before the API answers 503.
+_CONNECT_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+
 #: Redis commands buffered before a flush: a 10,000-task batch goes in one.
 PIPELINE_COMMANDS = 10000
 
@@ -115,55 +118,65 @@ def _broker_errors(url: str) -> Iterator[None]:
 def _publish_through(url: str, batch: list[Item]) -> None:
     """Write one broker's messages over one connection."""
     with celery_app.connection_for_write(url) as connection:
+        connection.ensure_connection(**_CONNECT_RETRY)
         channel = connection.default_channel
         if not getattr(channel, "supports_batch_publish", False):
             _publish_one_by_one(connection, batch)
             return
 
-        origin = anon_nodename()
-        declared: set[str] = set()
         writer = channel.create_publish_batch(PIPELINE_COMMANDS)
         try:
+            messages = _MessageMaker(channel)
             for task_id, index, task in batch:
-                measure, aggregate = measurement_steps(task_id, index, task)
-                queue = measure.options["queue"]
-                if queue not in declared:
-                    maybe_declare(celery_app.amqp.queues[queue], channel)
-                    declared.add(queue)
-                message = _task_message(channel, measure, aggregate, origin)
+                queue, message = messages.make(task_id, index, task)
                 writer.publish(message, exchange="", routing_key=queue)
             writer.flush()
         finally:
             writer.close()
 
 
-def _task_message(
-    channel: Any, measure: Signature, aggregate: Signature, origin: str
-) -> dict[str, Any]:
-    """The transport message `send_task` would write for `measure | aggregate`."""
-    headers, properties, body, _ = celery_app.amqp.create_task_message(
-        uuid(),
-        measure.task,
-        measure.args,
-        {},
-        chain=[aggregate],
-        reply_to=celery_app.thread_oid,
-        argsrepr=measure.options["argsrepr"],
-        kwargsrepr="{}",
-        origin=origin,
-        ignore_result=celery_app.conf.task_ignore_result,
-    )
-    content_type, encoding, data = serialization.dumps(
-        body, serializer=celery_app.conf.task_serializer
-    )
-    return channel.prepare_message(
-        data,
-        0,
-        content_type,
-        encoding,
-        headers,
-        {**properties, "delivery_mode": _DELIVERY_MODE},
-    )
+class _MessageMaker:
+    """Transport messages as `send_task` writes them for `measure | aggregate`.
+
+    Celery's settings are looked up once per batch here: a lookup costs more
+    than building the message's headers.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.amqp = celery_app.amqp
+        self.origin = anon_nodename()
+        self.reply_to = celery_app.thread_oid
+        self.ignore_result = celery_app.conf.task_ignore_result
+        self.serializer = celery_app.conf.task_serializer
+        self.declared: set[str] = set()
+
+    def make(self, task_id: str, index: int, task: dict[str, Any]) -> tuple[str, Any]:
+        """The queue and the message of subtask `index` of `task`."""
+        measure, aggregate = measurement_steps(task_id, index, task)
+        queue = measure.options["queue"]
+        if queue not in self.declared:
+            maybe_declare(self.amqp.queues[queue], self.channel)
+            self.declared.add(queue)
+
+        headers, properties, body, _ = self.amqp.create_task_message(
+            uuid(),
+            measure.task,
+            measure.args,
+            {},
+            chain=[aggregate],
+            reply_to=self.reply_to,
+            argsrepr=measure.options["argsrepr"],
+            kwargsrepr="{}",
+            origin=self.origin,
+            ignore_result=self.ignore_result,
+        )
+        content_type, encoding, data = serialization.dumps(body, self.serializer)
+        properties["delivery_mode"] = _DELIVERY_MODE
+        message = self.channel.prepare_message(
+            data, 0, content_type, encoding, headers, properties
+        )
+        return queue, message
 
 
 def _publish_one_by_one(connection: Any, batch: list[Item]) -> None:

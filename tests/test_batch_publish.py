@@ -1,0 +1,117 @@
+"""Publishing a batch: the messages Celery would write, one connection per broker.
+
+The API writes task messages with Celery's protocol code and the Redis
+transport's channel instead of `send_task` (see camtester/tasks/publish.py);
+these tests pin that the bytes in the queue are what `send_task` writes, so that
+workers consume them as any other Celery message, and that a batch costs a fixed
+number of connections however large it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from camtester.errors import BrokerUnavailable
+from camtester.settings import Settings
+from camtester.tasks.app import celery_app
+from camtester.tasks.publish import measurement_steps, publish
+
+# Per-message values that differ between any two messages.
+FRESH_IDS = ("id", "root_id")
+FRESH_PROPERTIES = ("correlation_id", "delivery_tag")
+
+
+def ping_task(task_id: str, geo: str, host: str = "127.0.0.1") -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "type": "ping",
+        "geo_location": geo,
+        "target": host,
+        "options": {"count": 1, "interval": 0.1, "timeout": 1.0, "thresholds": {}},
+    }
+
+
+def decoded(raw: bytes) -> dict[str, Any]:
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    return message
+
+
+def without_fresh_ids(message: dict[str, Any]) -> dict[str, Any]:
+    headers = {k: v for k, v in message["headers"].items() if k not in FRESH_IDS}
+    properties = {
+        k: v for k, v in message["properties"].items() if k not in FRESH_PROPERTIES
+    }
+    return {**message, "headers": headers, "properties": properties}
+
+
+def connections_received(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_connections_received"])
+
+
+def test_fast_path_writes_the_message_send_task_writes(redis_factory: Any) -> None:
+    server = redis_factory()
+    settings = Settings(broker_url=server.url(1))
+    task = ping_task("task-1", "fmt")
+
+    publish(settings, [("task-1", 0, task)])
+    with celery_app.connection_for_write(settings.broker_url) as connection:
+        producer = celery_app.amqp.Producer(connection)
+        measure, aggregate = measurement_steps("task-1", 0, task)
+        measure.apply_async(producer=producer, chain=[aggregate])
+
+    # LPUSH puts the newest first: [reference, ours].
+    reference, ours = (decoded(m) for m in server.client(1).lrange("fmt.ping", 0, -1))
+    assert ours["headers"]["id"] == ours["headers"]["root_id"]
+    assert ours["headers"]["id"] == ours["properties"]["correlation_id"]
+    # Celery's path copies argsrepr into the properties too, and leaves
+    # ignore_result unset outside a worker; ours states the configured value.
+    assert reference["properties"].pop("argsrepr") == ours["headers"]["argsrepr"]
+    assert ours["headers"].pop("ignore_result") is celery_app.conf.task_ignore_result
+    reference["headers"].pop("ignore_result")
+    assert without_fresh_ids(ours) == without_fresh_ids(reference)
+    assert ours["body"][2]["chain"][0]["task"] == "camtester.aggregate"
+    assert ours["body"][2]["chain"][0]["options"]["queue"] == "results"
+
+
+def test_each_broker_gets_its_messages_over_a_fixed_number_of_connections(
+    redis_factory: Any,
+) -> None:
+    default, east = redis_factory(), redis_factory()
+    settings = Settings(broker_url=default.url(1), broker_urls={"east": east.url(1)})
+    small = [(f"s{i}", 0, ping_task(f"s{i}", "west")) for i in range(3)]
+    west = [(f"w{i}", 0, ping_task(f"w{i}", "west")) for i in range(2000)]
+    east_items = [(f"e{i}", 0, ping_task(f"e{i}", "east")) for i in range(700)]
+    default_client, east_client = default.client(1), east.client(1)
+
+    before = connections_received(default_client)
+    publish(settings, small)
+    for_three = connections_received(default_client) - before
+    default_client.config_resetstat()
+    before = connections_received(default_client)
+    publish(settings, west + east_items)
+    for_two_thousand = connections_received(default_client) - before
+
+    assert for_two_thousand == for_three
+    assert default_client.llen("west.ping") == 2003
+    assert default_client.info("commandstats")["cmdstat_lpush"]["calls"] == 2000
+    assert not default_client.exists("east.ping")
+    assert east_client.llen("east.ping") == 700
+    ids = [decoded(m)["body"][0][0] for m in east_client.lrange("east.ping", 0, -1)]
+    assert sorted(ids) == sorted(item[0] for item in east_items)
+
+
+def test_a_broker_that_does_not_answer_is_broker_unavailable(
+    redis_factory: Any,
+) -> None:
+    server = redis_factory()
+    url = server.url(1)
+    server.stop()
+
+    with pytest.raises(BrokerUnavailable, match="broker does not answer"):
+        publish(Settings(broker_url=url), [("t", 0, ping_task("t", "west"))])
