@@ -5,6 +5,8 @@ makes Flower's own lines follow CAMTESTER_LOG_FORMAT, JSON included, because
 Flower adds its own handler only to a root logger that has none.
 """
 
+from __future__ import annotations
+
 from camtester.logs import configure_logging
 from camtester.settings import get_settings
 

@@ -115,3 +115,22 @@ def test_a_broker_that_does_not_answer_is_broker_unavailable(
 
     with pytest.raises(BrokerUnavailable, match="broker does not answer"):
         publish(Settings(broker_url=url), [("t", 0, ping_task("t", "west"))])
+
+
+def test_a_transport_without_pipelines_gets_celerys_own_publishing() -> None:
+    # kombu's in-memory transport has no publish batches: the one-by-one path.
+    settings = Settings(broker_url="memory://")
+
+    publish(settings, [(f"m{i}", 0, ping_task(f"m{i}", "mem")) for i in range(3)])
+
+    with celery_app.connection_for_read("memory://") as connection:
+        queue = connection.SimpleQueue("mem.ping")
+        messages = [queue.get(timeout=1) for _ in range(3)]
+        for message in messages:
+            message.ack()
+        queue.close()
+    assert [m.headers["task"] for m in messages] == ["camtester.ping"] * 3
+    assert [m.payload[0][0] for m in messages] == ["m0", "m1", "m2"]
+    assert {m.payload[2]["chain"][0]["task"] for m in messages} == {
+        "camtester.aggregate"
+    }

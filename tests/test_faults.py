@@ -28,12 +28,12 @@ from camtester.store import keys
 from camtester.store.claims import MAX_DELIVERIES
 from camtester.store.tasks import TaskStore
 from camtester.tasks.app import celery_app
-from camtester.tasks.publish import measurement_chain
 from tests.fixtures.services import JWT_SECRET, RedisServer, make_token
 from tests.test_faults_common import (
     FfmpegCensus,
     LiveCamera,
     check_task,
+    measurement_chain,
     pool_children,
     short_env,
     unique_geo,

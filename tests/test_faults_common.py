@@ -20,6 +20,7 @@ from typing import Any, Self
 
 import requests
 
+from camtester.tasks.publish import measurement_steps
 from tests.fixtures.services import (
     JWT_SECRET,
     REPO,
@@ -75,7 +76,12 @@ class LiveCamera:
 
 def ffmpeg_processes(marker: str) -> dict[int, int]:
     """pid -> parent pid of every live ffmpeg/ffprobe whose argv holds `marker`."""
-    found: dict[int, int] = {}
+    return {pid: parent for pid, (parent, _) in _ffmpeg_table(marker).items()}
+
+
+def _ffmpeg_table(marker: str) -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, argv) of the live ffmpeg/ffprobe reading `marker`."""
+    found: dict[int, tuple[int, list[str]]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -92,7 +98,8 @@ def ffmpeg_processes(marker: str) -> dict[int, int]:
             continue
         name = os.path.basename(argv[0].decode(errors="replace"))
         if name in FFMPEG_NAMES and any(marker.encode() in arg for arg in argv):
-            found[int(entry)] = int(state[1])
+            words = [arg.decode(errors="replace") for arg in argv if arg]
+            found[int(entry)] = (int(state[1]), words)
     return found
 
 
@@ -103,6 +110,7 @@ class FfmpegCensus:
         self.marker = marker
         self.period_s = period_s
         self.seen: dict[int, int] = {}
+        self.argv: dict[int, list[str]] = {}
         self.last_alive_at: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -118,8 +126,9 @@ class FfmpegCensus:
     def _watch(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
-            for pid, parent in ffmpeg_processes(self.marker).items():
+            for pid, (parent, argv) in _ffmpeg_table(self.marker).items():
                 self.seen.setdefault(pid, parent)
+                self.argv.setdefault(pid, argv)
                 self.last_alive_at[pid] = now
             self._stop.wait(self.period_s)
 
@@ -194,6 +203,12 @@ def check_task(geo: str, uri: str, duration: float = 3) -> dict[str, Any]:
         "geo_location": geo,
         "payload": {"uri": uri, "duration": duration},
     }
+
+
+def measurement_chain(task_id: str, index: int, task: dict[str, Any]) -> Any:
+    """The chain the API publishes for subtask `index`: measure, then aggregate."""
+    measure, aggregate = measurement_steps(task_id, index, task)
+    return measure | aggregate
 
 
 def unique_geo() -> str:

@@ -17,7 +17,6 @@ from camtester.api import create_app
 from camtester.settings import Settings
 from camtester.store import keys
 from camtester.tasks.app import celery_app
-from camtester.tasks.publish import measurement_chain
 from tests.fixtures.services import (
     ApiClient,
     ApiServer,
@@ -26,7 +25,12 @@ from tests.fixtures.services import (
     make_token,
     service_env,
 )
-from tests.test_faults_common import unique_geo, wait_until, worker_log_lines
+from tests.test_faults_common import (
+    measurement_chain,
+    unique_geo,
+    wait_until,
+    worker_log_lines,
+)
 
 
 def ping_task(geo: str, host: str = "127.0.0.1") -> dict[str, Any]:

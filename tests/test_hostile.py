@@ -8,7 +8,6 @@ submits is measured unless the test means it.
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +24,7 @@ from camtester.store import keys
 from tests.fixtures.services import (
     ApiServer,
     RedisServer,
+    free_port,
     make_token,
     service_env,
 )
@@ -165,13 +165,18 @@ def test_the_restreamer_lookup_refuses_bad_uris_too(http: FlaskClient) -> None:
 # -- nested protocols: ffmpeg's whitelist ----------------------------------------
 
 
-class PlaylistServer:
-    """Serves an HLS playlist whose segment is a local file (`file:` inside http)."""
+class SdpServer:
+    """Serves a session description over HTTP that sends ffmpeg on to RTP/UDP.
 
-    def __init__(self, segment_uri: str) -> None:
-        playlist = (
-            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n"
-            f"#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\n{segment_uri}\n#EXT-X-ENDLIST\n"
+    Without a protocol whitelist ffmpeg follows it and listens on UDP (and sends
+    RTCP wherever the description says): a nested protocol inside http.
+    """
+
+    def __init__(self, rtp_port: int) -> None:
+        description = (
+            "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=camera\r\n"
+            "c=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=video {rtp_port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
         ).encode()
         self.requests: list[str] = []
         server = self
@@ -180,10 +185,10 @@ class PlaylistServer:
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 self.send_response(200)
-                self.send_header("Content-Type", "application/vnd.apple.mpegurl")
-                self.send_header("Content-Length", str(len(playlist)))
+                self.send_header("Content-Type", "application/sdp")
+                self.send_header("Content-Length", str(len(description)))
                 self.end_headers()
-                self.wfile.write(playlist)
+                self.wfile.write(description)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -201,37 +206,25 @@ class PlaylistServer:
 
     @property
     def uri(self) -> str:
-        return f"http://127.0.0.1:{self.http.server_address[1]}/live.m3u8"
+        return f"http://127.0.0.1:{self.http.server_address[1]}/camera.sdp"
 
 
 @pytest.mark.parametrize("task_type", ["check", "probe"])
-def test_a_playlist_pointing_at_a_local_file_is_not_read(
-    redis_factory: Any, worker_factory: Any, tmp_path: Path, task_type: str
+def test_a_stream_that_sends_ffmpeg_to_another_protocol_is_refused(
+    redis_factory: Any, worker_factory: Any, task_type: str
 ) -> None:
     own = OwnStack(redis_factory())
     geo = unique_geo()
     worker_factory([f"{geo}.{task_type}", "results"], own.env, concurrency=1)
-    # A real, readable clip: if ffmpeg opened it, the task would succeed.
-    clip = tmp_path / "local.ts"
-    subprocess.run(
-        [
-            *("ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi"),
-            *("-i", "testsrc=size=160x120:rate=25:duration=4", "-f", "mpegts"),
-            str(clip),
-        ],
-        check=True,
-        timeout=60,
-    )
 
-    with PlaylistServer(f"file://{clip}") as playlist:
-        task = {**check_task(geo, playlist.uri, duration=2), "type": task_type}
-        task_id = own.submit(task)
-        result = own.wait(task_id)["result"]
+    with SdpServer(free_port()) as camera:
+        task = {**check_task(geo, camera.uri, duration=2), "type": task_type}
+        result = own.wait(own.submit(task))["result"]
 
-    assert playlist.requests == ["/live.m3u8"]
+    assert camera.requests == ["/camera.sdp"]
     assert result["ok"] is False
-    assert result["error"]["code"] in ("unsupported", "not_found")
-    assert str(clip) not in result["error"]["message"]
+    # Followed, the description would have ended in a timeout waiting for RTP.
+    assert result["error"]["code"] == "unsupported"
 
 
 # -- ping targets -------------------------------------------------------------------

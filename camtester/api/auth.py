@@ -34,7 +34,7 @@ def verify_header(header: str | None, secret: str) -> dict[str, Any]:
     # Only HS256 is accepted: `alg: none` and every other algorithm fail here,
     # and a token without an expiry is refused rather than valid forever.
     try:
-        return jwt.decode(
+        claims = jwt.decode(
             token.strip(),
             secret,
             algorithms=[ALGORITHM],
@@ -44,3 +44,9 @@ def verify_header(header: str | None, secret: str) -> dict[str, Any]:
         raise Unauthorized("token expired") from exc
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(f"invalid token: {exc}") from exc
+
+    # pyjwt reads an `exp` of "9999999999" as a number; RFC 7519 says NumericDate.
+    expiry = claims["exp"]
+    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
+        raise Unauthorized("invalid token: exp must be a number of seconds")
+    return claims

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from flask_restx import Api
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -35,9 +35,28 @@ class _BoundedJsonProvider(DefaultJSONProvider):
             raise ValueError("JSON nested too deeply") from exc
 
 
+def refuse_long_streamed_body() -> None:
+    """A chunked body (no Content-Length) over the limit is a 413 as well.
+
+    Werkzeug stops reading such a body at MAX_CONTENT_LENGTH without a word, so
+    the handler would see a truncated body and answer 400 "not JSON"; one more
+    byte read past the limit tells a body of exactly the limit from a longer one.
+    """
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is None or request.content_length is not None:
+        return
+    if "wsgi.input_terminated" not in request.environ:
+        # Werkzeug reads no body at all without a length or a terminated input.
+        return
+    at_limit = len(request.get_data(cache=True)) >= limit
+    if at_limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+
+
 def register(app: Flask, api: Api) -> None:
     """Attach the handlers to both the restx Api and the plain Flask app."""
     app.json = _BoundedJsonProvider(app)
+    app.before_request(refuse_long_streamed_body)
 
     def invalid(exc: InvalidInput) -> tuple[dict[str, Any], int]:
         return {"message": str(exc)}, exc.status

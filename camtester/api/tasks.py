@@ -74,11 +74,13 @@ task_model = ns.model(
 
 
 def _settings() -> Settings:
-    return current_app.extensions["camtester.settings"]
+    settings: Settings = current_app.extensions["camtester.settings"]
+    return settings
 
 
 def _store() -> TaskStore:
-    return current_app.extensions["camtester.tasks"]
+    store: TaskStore = current_app.extensions["camtester.tasks"]
+    return store
 
 
 def _json_body() -> Any:

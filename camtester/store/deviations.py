@@ -130,7 +130,8 @@ class DeviationStore:
         pipe = self.redis.pipeline(transaction=False)
         for member in members:
             pipe.get(keys.deviation_key(member.decode()))
-        return pipe.execute()
+        bodies: list[bytes | None] = pipe.execute()
+        return bodies
 
 
 def _most_selective(target: str | None, kind: str | None, geo: str | None) -> str:
