@@ -242,7 +242,7 @@ def wait_terminal(
     """
     deadline = time.monotonic() + timeout_s
     waiting = list(ids)
-    while waiting and time.monotonic() < deadline:
+    while True:
         pipe = store.pipeline(transaction=False)
         for task_id in waiting:
             pipe.hget(keys.task_key(task_id), "status")
@@ -250,9 +250,9 @@ def wait_terminal(
         waiting = [
             i for i, s in zip(waiting, statuses, strict=True) if s not in TERMINAL
         ]
-        if waiting:
-            time.sleep(poll_s)
-    return not waiting
+        if not waiting or time.monotonic() >= deadline:
+            return not waiting
+        time.sleep(poll_s)
 
 
 def stored_tasks(store: redis.Redis, ids: Sequence[str]) -> list[dict[str, Any]]:

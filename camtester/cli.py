@@ -43,14 +43,14 @@ def _measure_and_print(task_type: str, target: str, payload: dict[str, Any]) -> 
 
     settings = get_settings()
     local_file = task_type != "ping" and Path(target).is_file()
-    payload = {"host" if task_type == "ping" else "uri": target, **payload}
-    if local_file:
-        # The API never accepts paths; here the user names a file of their own.
-        payload["uri"] = "file://localhost/" + str(Path(target).resolve())
+    target_key = "host" if task_type == "ping" else "uri"
+    # The API never reads files; here the user names a file of their own. Its
+    # options are checked as for a stream, then the path becomes the target.
+    checked_target = "rtsp://localhost/file" if local_file else target
 
     try:
         measurement = validate_measurement(
-            task_type, payload, _cli_settings(local_file), "payload"
+            task_type, {**payload, target_key: checked_target}, settings, "option"
         )
     except InvalidInput as exc:
         raise click.UsageError(str(exc)) from exc
@@ -63,15 +63,6 @@ def _measure_and_print(task_type: str, target: str, payload: dict[str, Any]) -> 
         raise click.ClickException(f"worker setup error: {exc}") from exc
     click.echo(json.dumps(result, indent=2))
     sys.exit(0 if result["ok"] else 1)
-
-
-def _cli_settings(local_file: bool) -> Any:
-    from dataclasses import replace
-
-    settings = get_settings()
-    if local_file:
-        return replace(settings, allowed_schemes=(*settings.allowed_schemes, "file"))
-    return settings
 
 
 def _thresholds_option(value: str | None) -> dict[str, Any]:

@@ -57,6 +57,7 @@ def test_make_run_serves_the_printed_curl_and_stops_cleanly(tmp_path: Path) -> N
         "CAMTESTER_DEV_API_PORT": str(free_port()),
         "CAMTESTER_DEV_FLOWER_PORT": str(free_port()),
         "CAMTESTER_DEV_CAMERA_PORT": str(free_port()),
+        "CAMTESTER_DEV_WORKER_METRICS_PORT": str(free_port()),
     }
     env = {
         k: v for k, v in env.items() if not k.startswith("CAMTESTER_") or "_DEV_" in k

@@ -111,6 +111,7 @@ def main() -> None:
         "api": _port("API", 8000),
         "flower": _port("FLOWER", 5555),
         "camera": _port("CAMERA", 8554),
+        "worker_metrics": _port("WORKER_METRICS", 9808),
     }
     for what, port in ports.items():
         _refuse_busy_port(port, what)
@@ -122,6 +123,7 @@ def main() -> None:
         "CAMTESTER_REDIS_URL": f"{redis_url}/0",
         "CAMTESTER_BROKER_URL": f"{redis_url}/1",
         "CAMTESTER_JWT_SECRET": secret,
+        "CAMTESTER_WORKER_METRICS_PORT": str(ports["worker_metrics"]),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     stack = Stack()
@@ -196,9 +198,13 @@ def _start_all(stack: Stack, env: dict[str, str], ports: dict[str, int]) -> None
             "flower",
             f"--port={ports['flower']}",
             "--address=127.0.0.1",
+            f"--conf={REPO / 'docker' / 'flowerconfig.py'}",
         ],
         env,
     )
+    # gunicorn's worker processes share their counters through this directory;
+    # a stale one from the last run would add its totals to this run's.
+    metrics_dir = prepare_multiprocess_dir(VAR / "metrics" / "api")
     stack.start(
         "api",
         [
@@ -207,9 +213,11 @@ def _start_all(stack: Stack, env: dict[str, str], ports: dict[str, int]) -> None
             f"127.0.0.1:{ports['api']}",
             "--workers",
             "2",
+            "--logger-class",
+            "camtester.logs.GunicornLogger",
             "wsgi:app",
         ],
-        env,
+        {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
     )
     _wait_for_port(ports["api"], "the API")
     _wait_for_port(ports["flower"], "Flower")
