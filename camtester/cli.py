@@ -193,13 +193,19 @@ def flower_command(flower_args: tuple[str, ...]) -> None:
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 def api_command(bind: str, workers: int, gunicorn_args: tuple[str, ...]) -> None:
-    """Serve the API with gunicorn (wsgi:app)."""
+    """Serve the API with gunicorn (wsgi:app).
+
+    Set PROMETHEUS_MULTIPROC_DIR to an empty directory when --workers > 1, so
+    that /metrics adds up every worker process.
+    """
     argv = [
         "gunicorn",
         "--bind",
         bind,
         "--workers",
         str(workers),
+        "--logger-class",
+        "camtester.logs.GunicornLogger",
         *gunicorn_args,
         "wsgi:app",
     ]

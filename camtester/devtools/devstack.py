@@ -21,6 +21,7 @@ from types import FrameType
 
 from camtester.api.auth import issue_token
 from camtester.devtools.simulator import CameraSimulator
+from camtester.metrics import prepare_multiprocess_dir
 
 REPO = Path(__file__).resolve().parents[2]
 # Tests point this elsewhere so that they never touch a developer's own var/.
@@ -236,6 +237,7 @@ def _announce(ports: dict[str, int], secret: str) -> None:
 camtester is running.
   API      {api}   (Swagger UI: {api}/docs)
   Flower   http://127.0.0.1:{ports["flower"]}
+  metrics  {api}/metrics (API), http://127.0.0.1:{ports["worker_metrics"]}/ (worker)
   camera   {camera}   (a simulated camera)
   logs     var/log/
 

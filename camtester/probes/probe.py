@@ -4,10 +4,11 @@ ffmpeg reads `duration` seconds of the stream once and analyses it as it
 arrives; nothing is recorded and nothing is decoded twice. What the analysis
 finds comes back through pipes, never through ffmpeg's log:
 
-    -i URI -+- video: 320 px -> freezedetect -> blackdetect -> split
-            |     +- 160 px -> signalstats (TOUT) -> metadata print -> pipe 1
-            |     +- a frame every duration/10 s -> mjpeg -> pipe 4
-            +- audio: silencedetect -> astats -> ametadata print -> pipe 2
+    -i URI -+- video -> split
+            |     +- 320 px -> freezedetect -> blackdetect -> signalstats (TOUT)
+            |     |         -> metadata print -> pipe 1
+            |     +- a frame every duration/10 s -> 320 px -> mjpeg -> pipe 4
+            +- audio -> silencedetect -> astats -> ametadata print -> pipe 2
             +- packets (stream copy) -> framecrc -> pipe 3
 
 The detectors set frame tags (black_start, freeze_end, ...) whatever the log
@@ -45,10 +46,9 @@ from camtester.uris import mask_uri
 
 logger = logging.getLogger(__name__)
 
-#: Width of the picture the black and freeze detectors see, and of the snapshot;
-#: TOUT is measured at half of it. A 320 px copy gives the same black and freeze
-#: answers as the full picture for a fraction of the work (signalstats at full
-#: size costs several times the decoding of 720p).
+#: Width of the picture the detectors see, and of the snapshot. A 320 px copy
+#: gives the full picture's answers for a fraction of the work: signalstats
+#: costs about 10 ns a pixel, several times the decoding of 720p at full size.
 ANALYSIS_WIDTH = 320
 #: blackdetect: a pixel is black below 10% of the luma range; a picture is
 #: black when 98% of its pixels are.
@@ -217,21 +217,19 @@ def probe_command(
 def video_filters(metadata_path: str, snapshot_step_s: float, width: int) -> str:
     """The video graph: detectors on a small copy, tags to a pipe, snapshot frames.
 
-    Black and freeze are found on a `width` copy, which also gives the
-    snapshots; TOUT on a copy half as wide, because signalstats costs about
-    10 ns per pixel (at 320 px it alone would cost a third of decoding 720p).
-    The analysis branch ends in a nullsink, so one output carries only the
-    snapshot frames.
+    The detectors see a `width` copy made by point sampling: every pixel they
+    see is a pixel of the full picture, unaveraged, so noise, black pixels and
+    frame differences measure as on the full picture (an averaging scaler would
+    smooth noise away and halve the TOUT of a noisy camera). The analysis
+    branch ends in a nullsink; the one output carries only the snapshots,
+    which are scaled smoothly, and only the few that are picked.
     """
+    scale = f"scale=w='min({width},iw)':h=-2"
     # NOTE: without stat=tout signalstats leaves TOUT at 0 on every frame.
-    detect = [
-        f"scale=w='min({width},iw)':h=-2:flags=fast_bilinear",
+    analysis = [
+        f"[analysis]{scale}:flags=neighbor",
         f"freezedetect=n={FREEZE_NOISE_DB}dB:d={FREEZE_MIN_S}",
         f"blackdetect=d=0:pix_th={BLACK_PIXEL_THRESHOLD}:pic_th={BLACK_PICTURE_RATIO}",
-        "split[analysis][snapshots]",
-    ]
-    tout = [
-        f"[analysis]scale=w='min({width // 2},iw)':h=-2:flags=fast_bilinear",
         "signalstats=stat=tout",
         f"metadata=mode=print:file={metadata_path}",
         "nullsink",
@@ -240,7 +238,10 @@ def video_filters(metadata_path: str, snapshot_step_s: float, width: int) -> str
     pick = (
         f"select='isnan(prev_selected_t)+gte(t-prev_selected_t,{snapshot_step_s:.3f})'"
     )
-    return ";".join([",".join(detect), ",".join(tout), f"[snapshots]{pick}"])
+    snapshots = [f"[snapshots]{pick}", f"{scale}:flags=area"]
+    return ";".join(
+        ["split[analysis][snapshots]", ",".join(analysis), ",".join(snapshots)]
+    )
 
 
 def audio_filters(metadata_path: str) -> str:
