@@ -44,6 +44,8 @@ MEDIA_DIR = REPO / "var" / "bench-media"
 #: a second) and AAC, a moving test picture and a 440 Hz tone.
 CLIP_SIZE = "1280x720"
 CLIP_FPS = 25
+#: Seconds of the clip: the benchmarks' samples and their RTSP set-up fit.
+CLIP_LENGTH_S = 8.0
 TERMINAL = (b"done", b"failed")
 MIB = 1024 * 1024
 
@@ -194,8 +196,9 @@ def wait_healthy(base_url: str, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"the API at {base_url} is not healthy after {timeout_s}s")
 
 
-def bench_clip(length_s: float) -> Path:
-    """The 720p benchmark clip of `length_s` seconds, rendered once into var/."""
+def bench_clip(at_least_s: float) -> Path:
+    """The 720p benchmark clip, CLIP_LENGTH_S or longer, rendered once into var/."""
+    length_s = max(CLIP_LENGTH_S, at_least_s)
     name = f"bench{CLIP_SIZE.split('x')[1]}p-{length_s:g}s"
     target = MEDIA_DIR / f"{name}.mp4"
     if target.exists():

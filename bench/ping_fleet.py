@@ -35,6 +35,7 @@ from bench._common import (
     WorkerSpec,
     bench_stack,
     machine,
+    memory_kib,
     ratio,
     stored_tasks,
     wait_terminal,
@@ -137,6 +138,9 @@ def run_fleet(
         finished = wait_terminal(stack.store, ids, count * interval_s + RUN_GRACE_S)
         cpu_after = stack.cpu_by_part()
         tasks = stored_tasks(stack.store, ids)
+        # The pool's threads stay alive after their tasks: this is what the
+        # slots of a worker that has run this many pings at once cost.
+        memory = [memory_kib(worker.pid) for worker in stack.workers]
 
     cpu = {part: cpu_after[part] - cpu_before[part] for part in cpu_after}
     figures = summarise(tasks, submitted, count)
@@ -145,6 +149,7 @@ def run_fleet(
         "finished": finished,
         "accept_s": accepted - submitted,
         "cpu": cpu,
+        "pss_mib": [pss / 1024 for _, pss in memory],
     }
 
 
@@ -203,6 +208,8 @@ def report(
         for part, seconds in figures["cpu"].items()
     )
     print(f"  CPU ms per task: {per_task}")
+    pss = ", ".join(f"worker{i} {mib:.0f}" for i, mib in enumerate(figures["pss_mib"]))
+    print(f"  PSS MiB after the run: {pss}")
 
 
 def plans(args: argparse.Namespace) -> list[Layout]:

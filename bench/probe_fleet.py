@@ -1,7 +1,7 @@
 """Probe fleet: N concurrent probes of 720p RTSP streams on one worker.
 
     .venv/bin/python -m bench.probe_fleet [--counts 1,8,32,64] [--duration 5]
-        [--concurrency 64]
+        [--concurrency 64] [--no-capacity-round]
 
 The camera simulator serves a 1280x720 25 fps H.264 + AAC clip (2.5 Mbit/s,
 rendered once into var/bench-media) on one mount; every client gets its own
@@ -12,14 +12,16 @@ probe; each round POSTs N probes as one `/tasks-batch` and reads the store.
 Per round it prints:
 - CPU of the worker and its ffmpeg children per stream-second, as a ratio to
   plain decoding of the same stream (`ffmpeg -threads 1 ... -f null -`,
-  measured in the same run), and the streams the machine's cores could carry
-  at that cost;
+  measured in the same run), split into ffmpeg and the worker's own Python,
+  and how many such streams the machine's cores could carry;
 - wall time per probe, from the POST to the probe's result time, as a ratio
-  to `duration` (goal: within 1.1x); the largest N that holds is printed last;
-- memory of the worker plus its ffmpeg children at the peak (PSS; RSS counts
-  the shared libraries once per process) per concurrent probe, above the idle
-  worker and in all, against 60 MiB.
-The simulator's own CPU is printed too: it shares the machine's cores.
+  to `duration` (goal: within 1.1x);
+- memory of the worker plus its ffmpeg children at the peak, per concurrent
+  probe, above the idle worker and in all, against 60 MiB. PSS, because RSS
+  counts the shared libraries again in every ffmpeg.
+After the listed rounds one more runs at the number of streams the cores
+should carry by the CPU measured so far, and the largest N that held is
+printed. The simulator's CPU is printed too: it shares the machine's cores.
 """
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from bench._common import (
     BenchStack,
+    CpuTimes,
     WorkerSpec,
     bench_clip,
     bench_stack,
     child_with,
+    cpu_times,
     descendants,
     epoch,
     machine,
@@ -64,6 +69,9 @@ ROUND_GRACE_S = 60.0
 MEMORY_SAMPLE_S = 0.25
 #: A sample this much shorter than asked for is not a full one, seconds.
 FULL_SAMPLE_SLACK_S = 0.2
+#: Share of the cores the capacity round plans to use.
+CAPACITY_HEADROOM = 0.9
+MAX_STREAMS = 256
 
 
 def probe_tasks(url: str, n: int, duration_s: float) -> list[dict[str, Any]]:
@@ -87,13 +95,13 @@ def decode_baseline(url: str, duration_s: float) -> float:
 
 
 def run_round(
-    stack: BenchStack, url: str, n: int, duration_s: float, simulator_pid: int | None
+    stack: BenchStack, url: str, n: int, duration_s: float, simulator: int | None
 ) -> dict[str, Any]:
-    """N probes at once; CPU, memory peak and the stored results."""
+    """N probes at once: CPU, the memory peak and the stored results."""
     worker = stack.workers[0].pid
     idle_pss = tree_memory_kib(worker)[1]
-    cpu_before = tree_cpu_s(worker)
-    sim_before = tree_cpu_s(simulator_pid) if simulator_pid else 0.0
+    cpu_before = cpu_times(worker)
+    simulator_before = tree_cpu_s(simulator) if simulator else 0.0
 
     submitted = time.time()
     response = stack.api.post("/tasks-batch", json=probe_tasks(url, n, duration_s))
@@ -101,15 +109,17 @@ def run_round(
     ids = response.json()["ids"]
     peak = watch_memory(stack, ids, worker, duration_s)
 
-    cpu = tree_cpu_s(worker) - cpu_before
-    sim_cpu = (tree_cpu_s(simulator_pid) - sim_before) if simulator_pid else 0.0
+    # Every ffmpeg has been reaped once its task ended: its CPU is in the
+    # worker's children's times.
+    cpu: CpuTimes = cpu_times(worker) - cpu_before
+    simulator_s = tree_cpu_s(simulator) - simulator_before if simulator else 0.0
     tasks = stored_tasks(stack.store, ids)
     return {
         **walls(tasks, submitted, duration_s),
         **peak,
         "n": n,
-        "cpu_s": cpu,
-        "sim_cpu_s": sim_cpu,
+        "cpu": cpu,
+        "simulator_s": simulator_s,
         "idle_pss_kib": idle_pss,
     }
 
@@ -117,24 +127,23 @@ def run_round(
 def watch_memory(
     stack: BenchStack, ids: list[str], worker: int, duration_s: float
 ) -> dict[str, Any]:
-    """Sample the worker's tree until every task ended; its largest PSS."""
+    """Sample the worker's tree until every task has ended; its largest PSS."""
     peak = {"peak_pss_kib": 0, "peak_rss_kib": 0, "peak_processes": 0, "threads": 0}
     deadline = time.monotonic() + duration_s + ROUND_GRACE_S
-    while time.monotonic() < deadline:
+    finished = False
+    while not finished and time.monotonic() < deadline:
         rss, pss, processes = tree_memory_kib(worker)
         if pss > peak["peak_pss_kib"]:
-            ffmpegs = descendants(worker)
+            children = descendants(worker)
             peak.update(
                 peak_pss_kib=pss,
                 peak_rss_kib=rss,
                 peak_processes=processes,
-                threads=sum(thread_count(pid) for pid in ffmpegs),
+                threads=sum(thread_count(pid) for pid in children),
             )
-        if wait_terminal(stack.store, ids, timeout_s=0):
-            break
+        finished = wait_terminal(stack.store, ids, timeout_s=0)
         time.sleep(MEMORY_SAMPLE_S)
-    peak["finished"] = wait_terminal(stack.store, ids, timeout_s=ROUND_GRACE_S)
-    return peak
+    return {**peak, "finished": finished}
 
 
 def walls(
@@ -142,9 +151,11 @@ def walls(
 ) -> dict[str, Any]:
     """Wall time per probe (POST to the result's time) and how many got it all."""
     ratios, full = [], 0
+    errors: Counter[str] = Counter()
     for task in tasks:
         result = task["result"] or {}
         if not result.get("ok"):
+            errors[(result.get("error") or {}).get("code", "no result")] += 1
             continue
         ratios.append((epoch(result["time"]) - submitted) / duration_s)
         payload = result["payload"]
@@ -153,57 +164,78 @@ def walls(
     return {
         "ok": len(ratios),
         "full": full,
+        "errors": dict(errors),
         "median_ratio": statistics.median(ratios) if ratios else float("nan"),
         "max_ratio": max(ratios) if ratios else float("nan"),
     }
 
 
-def report(figures: dict[str, Any], duration_s: float, decode_s: float) -> bool:
-    """Print one round; True if it holds the wall-time goal with full samples."""
-    n = figures["n"]
-    per_stream_s = figures["cpu_s"] / (n * duration_s)
-    decode_per_s = decode_s / duration_s
-    cores = os.cpu_count() or 1
-    holds = (
+def cpu_per_stream_s(figures: dict[str, Any], duration_s: float) -> float:
+    return float(figures["cpu"].total_s / (figures["n"] * duration_s))
+
+
+def holds(figures: dict[str, Any]) -> bool:
+    """Every probe read a full sample within the wall-time goal."""
+    return bool(
         figures["finished"]
-        and figures["full"] == n
+        and figures["full"] == figures["n"]
         and figures["max_ratio"] <= WALL_GOAL
     )
-    print(f"N = {n}: {figures['ok']}/{n} ok, {figures['full']}/{n} full samples")
+
+
+def report(figures: dict[str, Any], duration_s: float, decode_s: float) -> None:
+    n = figures["n"]
+    stream_s = n * duration_s
+    per_stream = cpu_per_stream_s(figures, duration_s)
+    decode = decode_s / duration_s
+    cores = os.cpu_count() or 1
+    failed = ", ".join(f"{code} {k}" for code, k in figures["errors"].items())
     print(
-        f"  CPU per stream-second: {per_stream_s:.3f} s = "
-        f"{per_stream_s / decode_per_s:.2f} x plain decoding ({decode_per_s:.3f} s); "
-        f"{cores} cores carry about {cores / per_stream_s:.0f} such streams; "
-        f"simulator {figures['sim_cpu_s'] / (n * duration_s):.3f} s"
+        f"N = {n}: {figures['ok']}/{n} ok, {figures['full']}/{n} full samples"
+        + (f"; failed: {failed}" if failed else "")
     )
     print(
-        "  "
-        + ratio(
-            "wall per probe, max",
-            figures["max_ratio"] * duration_s,
-            duration_s,
-            "s",
-            f"<= {WALL_GOAL}x",
-        )
-        + f"; median {figures['median_ratio']:.2f} x"
-        + ("" if holds else "  -- does not hold")
+        f"  CPU per stream-second: {per_stream:.3f} s = {per_stream / decode:.2f} x "
+        f"plain decoding ({decode:.3f} s): ffmpeg "
+        f"{figures['cpu'].children_s / stream_s:.3f}, worker's Python "
+        f"{figures['cpu'].own_s / stream_s:.3f}; {cores} cores carry about "
+        f"{cores / per_stream:.0f} such streams; simulator "
+        f"{figures['simulator_s'] / stream_s:.3f} s"
     )
+    wall = ratio(
+        "wall per probe, max",
+        figures["max_ratio"] * duration_s,
+        duration_s,
+        "s",
+        f"<= {WALL_GOAL}x",
+    )
+    verdict = "holds" if holds(figures) else "does not hold"
+    print(f"  {wall}; median {figures['median_ratio']:.2f} x; {verdict}")
+    report_memory(figures)
+
+
+def report_memory(figures: dict[str, Any]) -> None:
+    n = figures["n"]
     marginal = (figures["peak_pss_kib"] - figures["idle_pss_kib"]) / 1024 / n
-    total = figures["peak_pss_kib"] / 1024 / n
-    print(
-        "  "
-        + ratio(
-            "memory per probe above the idle worker (PSS)",
-            marginal,
-            MEMORY_GOAL_MIB,
-            "MiB",
-            f"< {MEMORY_GOAL_MIB:g} MiB",
-        )
-        + f"; with the worker {total:.1f} MiB; peak RSS "
-        f"{figures['peak_rss_kib'] / 1024:.0f} MiB in {figures['peak_processes']} "
-        f"processes, {figures['threads']} ffmpeg threads"
+    memory = ratio(
+        "memory per probe above the idle worker (PSS)",
+        marginal,
+        MEMORY_GOAL_MIB,
+        "MiB",
+        f"< {MEMORY_GOAL_MIB:g} MiB",
     )
-    return holds
+    print(
+        f"  {memory}; with the worker {figures['peak_pss_kib'] / 1024 / n:.1f} MiB; "
+        f"peak RSS {figures['peak_rss_kib'] / 1024:.0f} MiB in "
+        f"{figures['peak_processes']} processes, {figures['threads']} ffmpeg threads"
+    )
+
+
+def capacity(rounds: list[dict[str, Any]], duration_s: float) -> int:
+    """Streams the cores should carry at the cheapest CPU per stream measured."""
+    cheapest = min(cpu_per_stream_s(figures, duration_s) for figures in rounds)
+    cores = os.cpu_count() or 1
+    return max(1, min(MAX_STREAMS, int(CAPACITY_HEADROOM * cores / cheapest)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -211,10 +243,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--counts", default="1,8,32,64")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--no-capacity-round", action="store_true")
     args = parser.parse_args(argv)
     args.counts = [int(n) for n in args.counts.split(",")]
-    if not all(1 <= n <= 256 for n in args.counts):
-        parser.error("--counts must each be 1 to 256")
+    if not all(1 <= n <= MAX_STREAMS for n in args.counts):
+        parser.error(f"--counts must each be 1 to {MAX_STREAMS}")
+    if not 1 <= args.duration <= 30:
+        parser.error("--duration must be 1 to 30 s")
     if args.concurrency is None:
         args.concurrency = max(args.counts)
     return args
@@ -225,22 +260,29 @@ def main(argv: list[str] | None = None) -> int:
     clip = bench_clip(args.duration + CLIP_SLACK_S)
     spec = WorkerSpec((PROBE_QUEUE, "results"), "threads", args.concurrency)
     print(f"machine: {machine()}")
-    print(
-        f"probe fleet: {clip.name}, duration {args.duration:g} s; worker: "
-        f"{spec.describe()}"
-    )
+    print(f"probe fleet: {clip.name}, duration {args.duration:g} s")
+    print(f"worker: {spec.describe()}")
 
-    held = 0
+    rounds: list[dict[str, Any]] = []
     with CameraSimulator({"cam": clip}) as camera, bench_stack([spec]) as stack:
         url = camera.url("cam")
-        simulator_pid = child_with("rtsp_server.py")
+        simulator = child_with("rtsp_server.py")
         decode_s = decode_baseline(url, args.duration)
         warm_up(stack, url)
-        for n in args.counts:
-            figures = run_round(stack, url, n, args.duration, simulator_pid)
-            if report(figures, args.duration, decode_s):
-                held = max(held, n)
-    print(f"largest N within {WALL_GOAL}x of duration: {held or 'none'}")
+        counts = list(args.counts)
+        for n in counts:
+            rounds.append(run_round(stack, url, n, args.duration, simulator))
+            report(rounds[-1], args.duration, decode_s)
+
+        planned = capacity(rounds, args.duration)
+        if not args.no_capacity_round and planned not in counts:
+            print(f"capacity round at the CPU measured so far: N = {planned}")
+            if planned <= args.concurrency:
+                rounds.append(run_round(stack, url, planned, args.duration, simulator))
+                report(rounds[-1], args.duration, decode_s)
+
+    held = [figures["n"] for figures in rounds if holds(figures)]
+    print(f"largest N within {WALL_GOAL}x of duration: {max(held, default=0)}")
     return 0
 
 

@@ -137,9 +137,9 @@ def test_faults_match_the_truth(probed: dict[str, Probed], name: str) -> None:
     truth = FAULTS[name]
     seconds = DURATIONS[name]
     payload = probed[name].payload
-    black = clipped(truth["black"], seconds)  # type: ignore[arg-type]
-    freeze = clipped(truth["freeze"], seconds)  # type: ignore[arg-type]
-    silence = clipped(truth["silence"], seconds)  # type: ignore[arg-type]
+    black = clipped(truth["black"], seconds)
+    freeze = clipped(truth["freeze"], seconds)
+    silence = clipped(truth["silence"], seconds)
 
     assert_intervals(payload["black_intervals"], black)
     assert_intervals(payload["freeze_intervals"], freeze)

@@ -14,7 +14,9 @@ of 198.18.0.0/15 (RFC 2544, reserved for benchmarking: only our own test hosts
 live there). The namespace has no default route, so nothing in it reaches
 anything but the host side. The kernel here has no netem, so loss comes from
 nftables inside the namespace: `numgen random mod 100 < P` on packets leaving
-it, each drop counted. Namespaces are deleted on exit, even after a failure;
+its end of the veth (a netdev egress hook, after the sending socket is done
+with them, as on a real lossy link), each drop counted. Namespaces are deleted
+on exit, even after a failure;
 `sweep_stale_namespaces()` removes those whose creating process has died.
 """
 
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "ct-"
 TABLE = "camtester"
+#: A netdev table: its chains hook the namespace's end of the veth pair.
+FAMILY = "netdev"
 #: Per-namespace records of the creating process, for the stale sweeper.
 STATE_DIR = Path("/run/camtester-netns")
 COUNTERS = ("udp", "rtp", "icmp", "all")
@@ -187,36 +191,40 @@ class NetnsHost(Namespace):
     def ruleset(self) -> str:
         """The nftables ruleset for the options given."""
         counters = "\n".join(f"  counter {name}_dropped {{}}" for name in COUNTERS)
-        output: list[str] = ['oifname "lo" accept']
-        inbound: list[str] = ['iifname "lo" accept']
+        egress: list[str] = []
+        ingress: list[str] = []
         if self.drop_all:
-            output.append('counter name "all_dropped" drop')
-            inbound.append('counter name "all_dropped" drop')
+            # IP only: ARP still resolves, so a peer waits for answers that never
+            # come (a timeout) instead of failing at once with "no route to host".
+            drop = 'meta protocol { ip, ip6 } counter name "all_dropped" drop'
+            egress.append(drop)
+            ingress.append(drop)
         if self.udp_drop_percent:
             # One random draw per packet; the udp_loss chain only sorts the
             # counting: even source ports carry RTP, odd ones RTCP.
-            output.append(
-                f"meta l4proto udp numgen random mod 100 < {self.udp_drop_percent}"
-                " jump udp_loss"
+            egress.append(
+                "meta protocol ip ip protocol udp"
+                f" numgen random mod 100 < {self.udp_drop_percent} jump udp_loss"
             )
         if self.icmp_drop_percent:
-            output.append(
-                "icmp type { echo-request, echo-reply }"
+            egress.append(
+                "meta protocol ip icmp type { echo-request, echo-reply }"
                 f" numgen random mod 100 < {self.icmp_drop_percent}"
                 ' counter name "icmp_dropped" drop'
             )
         return _RULESET.format(
             table=TABLE,
+            device=self.ns_link,
             counters=counters,
-            output="\n    ".join(output),
-            inbound="\n    ".join(inbound),
+            egress="\n    ".join(egress),
+            ingress="\n    ".join(ingress),
         )
 
     def dropped_packets(self, counter: str = "udp") -> int:
         """Packets the namespace's filter dropped: udp, rtp (a subset), icmp, all."""
         if counter not in COUNTERS:
             raise ValueError(f"counter must be one of {COUNTERS}, not {counter!r}")
-        argv = ["nft", "-j", "list", "counter", "inet", TABLE, f"{counter}_dropped"]
+        argv = ["nft", "-j", "list", "counter", FAMILY, TABLE, f"{counter}_dropped"]
         listing = json.loads(_run(self.exec_argv(argv)).stdout)
         for item in listing["nftables"]:
             if "counter" in item:
@@ -230,20 +238,27 @@ class NetnsHost(Namespace):
         _ip("link", "del", self.host_link, check=False)
 
 
+# NOTE: the drops sit on the namespace's end of the veth (netdev egress and
+# ingress), not in the IP output hook. A packet dropped in the output hook fails
+# its sendto() with EPERM: the sender learns of the loss, and GStreamer's udpsink
+# then loses or resends more of its batch, so a receiver saw 2-4 missing RTP
+# packets per counted drop. At the device the socket has long sent the packet, as
+# on a lossy network, and each drop is exactly one missing packet. Loopback
+# traffic inside the namespace never passes the device, so it is never dropped.
 _RULESET = """
-table inet {table} {{
+table netdev {table} {{
 {counters}
   chain udp_loss {{
     udp sport & 1 == 0 counter name "rtp_dropped" counter name "udp_dropped" drop
     counter name "udp_dropped" drop
   }}
-  chain output {{
-    type filter hook output priority filter; policy accept;
-    {output}
+  chain egress {{
+    type filter hook egress device "{device}" priority filter; policy accept;
+    {egress}
   }}
-  chain input {{
-    type filter hook input priority filter; policy accept;
-    {inbound}
+  chain ingress {{
+    type filter hook ingress device "{device}" priority filter; policy accept;
+    {ingress}
   }}
 }}
 """

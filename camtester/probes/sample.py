@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from camtester.probes import intervals as iv
-from camtester.probes.description import StderrWatch
+from camtester.probes.description import StderrWatch, StreamLine
 from camtester.probes.frames import FrameRecord, PacketLog
 from camtester.probes.zscore import peak_count
 
@@ -26,6 +26,9 @@ VIDEO_MERGE_GAP_FRAMES = 2
 #: Floor under the z-score window's deviation for TOUT (a fraction of pixels):
 #: a flat stretch (TOUT exactly 0) must not turn a one-pixel wiggle into a peak.
 TOUT_MIN_STD = 1e-4
+
+#: A frame starting this close before the sample's end starts at its end, seconds.
+TRIM_TOLERANCE_S = 1e-3
 
 TOUT = "lavfi.signalstats.TOUT"
 SAMPLES = "lavfi.astats.Overall.Number_of_samples"
@@ -91,7 +94,8 @@ def trim_to_sample(
     starts = [frame.pts_time for frame in (*video, *audio)]
     if not starts:
         return list(video), list(audio)
-    limit = min(starts) + requested_s - iv.EPSILON_S
+    # ffmpeg prints six significant digits: the frame at 4.0 s may say 3.99999.
+    limit = min(starts) + requested_s - TRIM_TOLERANCE_S
     return (
         [frame for frame in video if frame.pts_time < limit],
         [frame for frame in audio if frame.pts_time < limit],
@@ -192,7 +196,14 @@ def stream_facts(
     line: Timeline,
     video_times: Sequence[float],
 ) -> dict[str, Any]:
-    """Codecs, size, frame rates, bit rate and keyframe interval as found."""
+    """Codecs, size, frame rates, bit rate and keyframe interval as found.
+
+    All of it comes from the probe's one connection: asking ffprobe would open a
+    second session to the camera (some allow only one or two at a time) and
+    could meet a different stream. The framecrc header and packet lines give
+    codecs, size, keyframes and bytes; the decoded frames give the measured
+    rate; only the declared rate needs ffmpeg's own input description.
+    """
     video = packets.stream_of_type("video")
     audio = packets.stream_of_type("audio")
     described_video = watch.first("Video")
@@ -211,7 +222,7 @@ def stream_facts(
     }
 
 
-def _codec(described: Any) -> str | None:
+def _codec(described: StreamLine | None) -> str | None:
     return described.codec if described is not None else None
 
 
