@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -106,14 +107,19 @@ class BenchWorker(CeleryWorker):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self._wait_consuming()
+        try:
+            self._wait_consuming()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_consuming(self, timeout_s: float = 60.0) -> None:
-        """Until the worker listens for remote control, its last start-up step.
+        """Until the worker has bound its remote-control queue.
 
-        Its " ready." line is an INFO line, missing at log level WARNING; the
-        binding of its control queue is in the broker at any log level.
+        It does so after setting up its task consumers, just before its event
+        loop starts. The " ready." line the test fixtures wait for is an INFO
+        line, missing at log level WARNING; the binding is there at any level.
         """
         control_queue = f"{self.name.replace('%h', socket.gethostname())}.celery.pidbox"
         deadline = time.monotonic() + timeout_s
@@ -123,10 +129,14 @@ class BenchWorker(CeleryWorker):
                     f"worker exited: {self.log_path.read_text()[-3000:]}"
                 )
             bindings = self.broker.smembers("_kombu.binding.celery.pidbox")
-            if any(b.decode().endswith(control_queue) for b in bindings):
+            if any(_text(b).endswith(control_queue) for b in bindings):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -161,27 +171,43 @@ class BenchStack:
 def bench_stack(
     workers: Sequence[WorkerSpec], extra_env: dict[str, str] | None = None
 ) -> Iterator[BenchStack]:
-    """redis-server (store db 0, broker db 1), the workers and gunicorn; all stopped after."""
+    """redis-server (store db 0, broker db 1), the workers, gunicorn; all stopped after."""
     directory = Path(tempfile.mkdtemp(prefix="ct-bench-"))
-    redis_server = RedisServer(directory / "redis").start()
-    env = service_env(redis_server.url(0), redis_server.url(1), **(extra_env or {}))
     started: list[BenchWorker] = []
     api_server: ApiServer | None = None
+    with stop_on_sigterm():
+        redis_server = RedisServer(directory / "redis").start()
+        env = service_env(redis_server.url(0), redis_server.url(1), **(extra_env or {}))
+        try:
+            for i, spec in enumerate(workers):
+                log_path = directory / f"worker{i}.log"
+                worker = BenchWorker(spec, env, log_path, redis_server.client(1))
+                started.append(worker.start())
+            api_server = ApiServer(env, directory / "api.log").start()
+            wait_healthy(api_server.url)
+            yield BenchStack(redis_server, api_server, started, env, directory)
+        finally:
+            if api_server is not None:
+                api_server.stop()
+            for worker in started:
+                worker.stop()
+            redis_server.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (`timeout`, a CI runner) into SystemExit, so that the
+    `finally` blocks stop every process a benchmark started."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
     try:
-        for i, spec in enumerate(workers):
-            log_path = directory / f"worker{i}.log"
-            worker = BenchWorker(spec, env, log_path, redis_server.client(1))
-            started.append(worker.start())
-        api_server = ApiServer(env, directory / "api.log").start()
-        wait_healthy(api_server.url)
-        yield BenchStack(redis_server, api_server, started, env, directory)
+        yield
     finally:
-        if api_server is not None:
-            api_server.stop()
-        for worker in started:
-            worker.stop()
-        redis_server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wait_healthy(base_url: str, timeout_s: float = 30.0) -> None:

@@ -1,7 +1,7 @@
 """Probe fleet: N concurrent probes of 720p RTSP streams on one worker.
 
     .venv/bin/python -m bench.probe_fleet [--counts 1,8,32,64] [--duration 5]
-        [--concurrency 64] [--no-capacity-round]
+        [--concurrency 64] [--no-capacity-round] [--baseline-up-to 16]
 
 The camera simulator serves a 1280x720 25 fps H.264 + AAC clip (2.5 Mbit/s,
 rendered once into var/bench-media) on one mount; every client gets its own
@@ -15,7 +15,9 @@ Per round it prints:
   measured in the same run), split into ffmpeg and the worker's own Python,
   and how many such streams the machine's cores could carry;
 - wall time per probe, from the POST to the probe's result time, as a ratio
-  to `duration` (goal: within 1.1x);
+  to `duration` (goal: within 1.1x), and for rounds of up to 16 probes the
+  same ratio of N plain decodes started at once without camtester: what the
+  simulator and the machine allow;
 - memory of the worker plus its ffmpeg children at the peak, per concurrent
   probe, above the idle worker and in all, against 60 MiB. PSS, because RSS
   counts the shared libraries again in every ffmpeg.
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from bench._common import (
@@ -83,15 +86,33 @@ def probe_tasks(url: str, n: int, duration_s: float) -> list[dict[str, Any]]:
     return [task] * n
 
 
-def decode_baseline(url: str, duration_s: float) -> float:
-    """CPU seconds of ffmpeg decoding `duration_s` of the stream to nothing."""
+def decode_argv(url: str, duration_s: float) -> list[str]:
+    """Plain decoding of `duration_s` of the stream to nothing, on one thread."""
     argv = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
     argv += ["-threads", "1", "-rtsp_transport", "tcp", "-t", f"{duration_s:g}"]
-    argv += ["-i", url, "-map", "0:v", "-map", "0:a", "-f", "null", "-"]
+    return [*argv, "-i", url, "-map", "0:v", "-map", "0:a", "-f", "null", "-"]
+
+
+def decode_baseline(url: str, duration_s: float) -> float:
+    """CPU seconds of plain decoding of `duration_s` of the stream."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(argv, check=True, timeout=duration_s + ROUND_GRACE_S)
+    subprocess.run(
+        decode_argv(url, duration_s), check=True, timeout=duration_s + ROUND_GRACE_S
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def concurrent_decodes(url: str, n: int, duration_s: float) -> float:
+    """Wall time of n plain decodes started at once, as a ratio to duration.
+
+    What the simulator and this machine allow before camtester adds anything.
+    """
+    started = time.monotonic()
+    processes = [subprocess.Popen(decode_argv(url, duration_s)) for _ in range(n)]
+    for process in processes:
+        process.wait(timeout=duration_s + ROUND_GRACE_S)
+    return (time.monotonic() - started) / duration_s
 
 
 def run_round(
@@ -211,6 +232,11 @@ def report(figures: dict[str, Any], duration_s: float, decode_s: float) -> None:
     )
     verdict = "holds" if holds(figures) else "does not hold"
     print(f"  {wall}; median {figures['median_ratio']:.2f} x; {verdict}")
+    if figures.get("decodes_ratio") is not None:
+        print(
+            f"  baseline: plain decoding of as many streams at once, without "
+            f"camtester: {figures['decodes_ratio']:.2f} x duration"
+        )
     report_memory(figures)
 
 
@@ -244,6 +270,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--no-capacity-round", action="store_true")
+    parser.add_argument(
+        "--baseline-up-to",
+        type=int,
+        default=16,
+        help="rounds of at most this many probes also time plain decodes at once",
+    )
     args = parser.parse_args(argv)
     args.counts = [int(n) for n in args.counts.split(",")]
     if not all(1 <= n <= MAX_STREAMS for n in args.counts):
@@ -255,6 +287,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass
+class Session:
+    """What every round of one run shares."""
+
+    stack: BenchStack
+    url: str
+    args: argparse.Namespace
+    simulator: int | None
+    decode_s: float
+
+    def round(self, n: int) -> dict[str, Any]:
+        """Run and report one round of n probes (and its baseline when small)."""
+        duration_s = self.args.duration
+        figures = run_round(self.stack, self.url, n, duration_s, self.simulator)
+        if n <= self.args.baseline_up_to:
+            figures["decodes_ratio"] = concurrent_decodes(self.url, n, duration_s)
+        report(figures, duration_s, self.decode_s)
+        return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     clip = bench_clip(args.duration + CLIP_SLACK_S)
@@ -263,23 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"probe fleet: {clip.name}, duration {args.duration:g} s")
     print(f"worker: {spec.describe()}")
 
-    rounds: list[dict[str, Any]] = []
     with CameraSimulator({"cam": clip}) as camera, bench_stack([spec]) as stack:
         url = camera.url("cam")
-        simulator = child_with("rtsp_server.py")
         decode_s = decode_baseline(url, args.duration)
+        session = Session(stack, url, args, child_with("rtsp_server.py"), decode_s)
         warm_up(stack, url)
-        counts = list(args.counts)
-        for n in counts:
-            rounds.append(run_round(stack, url, n, args.duration, simulator))
-            report(rounds[-1], args.duration, decode_s)
+        rounds = [session.round(n) for n in args.counts]
 
         planned = capacity(rounds, args.duration)
-        if not args.no_capacity_round and planned not in counts:
+        wanted = not args.no_capacity_round and planned not in args.counts
+        if wanted and planned <= args.concurrency:
             print(f"capacity round at the CPU measured so far: N = {planned}")
-            if planned <= args.concurrency:
-                rounds.append(run_round(stack, url, planned, args.duration, simulator))
-                report(rounds[-1], args.duration, decode_s)
+            rounds.append(session.round(planned))
 
     held = [figures["n"] for figures in rounds if holds(figures)]
     print(f"largest N within {WALL_GOAL}x of duration: {max(held, default=0)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from camtester import logs
 from camtester.errors import (
     MeasurementInternal,
     SetupError,
@@ -199,7 +200,8 @@ def test_wall_timeout_kills_ffmpeg() -> None:
 
 
 def test_wall_timeout_with_grace_stops_ffmpeg_cleanly() -> None:
-    run = run_ffmpeg(lavfi_forever(), wall_timeout_s=1.0, interrupt_grace_s=5)
+    # 2 s: ffmpeg must have set up its signal handlers before the SIGINT comes.
+    run = run_ffmpeg(lavfi_forever(), wall_timeout_s=2.0, interrupt_grace_s=5)
 
     # ffmpeg exits with 255 after SIGINT, having finished its outputs.
     assert run.timed_out and not run.killed
@@ -255,6 +257,20 @@ def test_a_failing_sink_does_not_block_ffmpeg() -> None:
     argv += ["-f", "lavfi", "-i", "sine=d=2,ashowinfo", "-f", "null", "-"]
 
     assert run_ffmpeg(argv, wall_timeout_s=60, stderr_sink=sink).ok
+
+
+def test_the_reader_thread_runs_in_the_tasks_context() -> None:
+    # ffmpeg's lines are logged from the reader thread; they must carry the task.
+    seen: set[tuple[str, str] | None] = set()
+    argv = ffmpeg.base_args(Settings(), loglevel="level+info")
+    argv += ["-f", "lavfi", "-i", "testsrc=d=0.2", "-f", "null", "-"]
+
+    with logs.task_context("task-17", "probe"):
+        run_ffmpeg(
+            argv, wall_timeout_s=30, stderr_sink=lambda _: seen.add(logs.current_task())
+        )
+
+    assert seen == {("task-17", "probe")}
 
 
 def test_pipes_carry_outputs() -> None:
@@ -379,6 +395,16 @@ def test_messages_never_carry_the_password() -> None:
 
     assert "p@ss:w0rd" not in message and "p%40ss%3Aw0rd" not in message
     assert "weird failure" in message
+
+
+def test_messages_quote_ffmpegs_last_line() -> None:
+    tail = "[tcp @ 0x1] [error] Connection to tcp://h:1 failed: Connection refused"
+
+    message = str(classify_failure(_run(tail), "rtsp://h:1/x"))
+
+    assert message.endswith(
+        "ffmpeg: Connection to tcp://h:1 failed: Connection refused"
+    )
 
 
 def test_raise_for_failure_passes_a_good_run() -> None:

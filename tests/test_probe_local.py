@@ -85,7 +85,7 @@ def test_a_file_name_with_graph_syntax_is_just_a_file(
 def test_the_uri_is_only_an_input_argument() -> None:
     uri = "rtsp://127.0.0.1:1/x,movie=/etc/passwd:y='z'[out0];nullsrc"
     settings = Settings()
-    pipes = probe_module._Pipes()
+    pipes = probe_module.ProbePipes()
     try:
         argv = probe_module.probe_command(
             uri,

@@ -102,16 +102,22 @@ class FileMedia(GstRtspServer.RTSPMedia):
     an edit list (ffmpeg writes one for the encoder's priming samples) is
     prerolled, and tsdemux knows no duration; the SDP would then say
     `a=range:npt=now-` and clients take the file for a live stream of unknown
-    length. The vfuncs get a bare gint64 pointer, written through ctypes.
+    length. Positions count from `origin_ns`, the stream time at which the
+    file starts (see StartGuard). The vfuncs get a bare gint64 pointer,
+    written through ctypes.
     """
 
     duration_ns = -1
+    #: Stream time of the file's first frame, set by StartGuard per media.
+    origin_ns: int | None = None
 
     def do_query_position(self, position: int) -> bool:
         ok = bool(GstRtspServer.RTSPMedia.do_query_position(self, position))
         value = ctypes.c_int64.from_address(position)
         if not ok or value.value < 0:
             value.value = 0
+        else:
+            value.value = max(0, value.value - (self.origin_ns or 0))
         return True
 
     def do_query_stop(self, stop: int) -> bool:
@@ -121,6 +127,58 @@ class FileMedia(GstRtspServer.RTSPMedia):
             value.value = self.duration_ns
             return True
         return ok
+
+
+class StartGuard:
+    """Makes a file media start where its first frame is, at npt 0.
+
+    tsdemux starts its segment, in stream time, at the first video frame (0.78 s
+    into our TS clips, after ffmpeg's mux delay) and hands out the audio frames
+    that come before it too. Those frames have no running time; gst-rtsp-server
+    then dates the video's RTP-Info 0.78 s before its first packet, and the PLAY
+    reply says `Range: npt=0.78-`. ffmpeg bases each stream's timestamps on
+    both, so every frame after the first arrived 0.78 s (or 1.56 s) late in
+    sample time. A probe on each payloader's input therefore drops the buffers
+    before the segment's start (a decoder would clip them anyway) and records
+    the segment's stream time as the media's origin, which the position query
+    subtracts. MP4 segments start at stream time 0: for them only qtdemux's
+    AAC priming frame, also outside the segment, is dropped.
+    """
+
+    def __init__(self, media: FileMedia) -> None:
+        self.media = media
+        self.segment_start = -1
+
+    @classmethod
+    def attach(cls, _factory: GstRtspServer.RTSPMediaFactory, media: FileMedia) -> None:
+        """Probe every payloader of `media` (a `media-configure` handler)."""
+        element = media.get_element()
+        kinds = Gst.PadProbeType.BUFFER | Gst.PadProbeType.EVENT_DOWNSTREAM
+        n = 0
+        while (payloader := element.get_by_name(f"pay{n}")) is not None:
+            guard = cls(media)
+            payloader.get_static_pad("sink").add_probe(kinds, guard.probe)
+            n += 1
+
+    def probe(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        event = info.get_event()
+        if event is not None:
+            if event.type == Gst.EventType.SEGMENT:
+                self.on_segment(event.parse_segment())
+            return Gst.PadProbeReturn.OK
+
+        pts = info.get_buffer().pts
+        if pts != Gst.CLOCK_TIME_NONE and pts < self.segment_start:
+            return Gst.PadProbeReturn.DROP
+        # The first frame inside the segment: nothing more to do on this pad.
+        return Gst.PadProbeReturn.REMOVE
+
+    def on_segment(self, segment: Gst.Segment) -> None:
+        self.segment_start = segment.start
+        # Each stream's first segment starts at the file's start; a later one
+        # (after a seek) must not move the origin.
+        if self.media.origin_ns is None:
+            self.media.origin_ns = segment.time
 
 
 def media_type(duration_ns: int) -> type[FileMedia]:
@@ -167,6 +225,7 @@ def file_factory(path: Path) -> GstRtspServer.RTSPMediaFactory:
 
     factory = make_factory("( " + " ".join(parts) + " )", shared=False)
     factory.set_media_gtype(media_type(duration_ns).__gtype__)
+    factory.connect("media-configure", StartGuard.attach)
     return factory
 
 

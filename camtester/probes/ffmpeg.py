@@ -9,6 +9,7 @@ ffmpeg; only a bounded tail is kept for error messages.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import logging
@@ -74,6 +75,8 @@ PROTOCOL_WHITELIST: dict[str, str] = {
 }
 
 _PR_SET_PDEATHSIG = 1
+# Loaded here, not in the forked child: the child only makes one foreign call.
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -224,8 +227,7 @@ def _die_with_parent() -> None:
     because `run_ffmpeg` blocks that thread until ffmpeg has been reaped.
     """
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     # The parent may have died between fork and prctl: then nobody kills us.
     if os.getppid() != parent:
@@ -420,7 +422,7 @@ def run_ffmpeg(
             stderr=subprocess.PIPE,
             pass_fds=tuple(pass_fds),
             start_new_session=True,
-            # The hook only calls prctl through an already loaded libc; it takes
+            # The hook only calls prctl through libc, loaded at import; it takes
             # no lock that another thread could hold at fork time.
             preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
@@ -429,7 +431,12 @@ def run_ffmpeg(
 
     tail = _StderrTail(stderr_sink, stop_when)
     assert proc.stderr is not None
-    reader = threading.Thread(target=tail.pump, args=(proc.stderr,), daemon=True)
+    # The reader logs ffmpeg's lines: give it this thread's context, which holds
+    # the running task's id for the log filter (a new thread starts without it).
+    context = contextvars.copy_context()
+    reader = threading.Thread(
+        target=context.run, args=(tail.pump, proc.stderr), daemon=True
+    )
     reader.start()
     timed_out = killed = stopped = False
     try:
@@ -594,14 +601,15 @@ def classify_failure(
         )
 
     waited = connect_timeout_s is not None and run.elapsed_s >= 0.9 * connect_timeout_s
+    said = _last_said(tail)
     for pattern, error, text in _FAILURES:
         if pattern.search(tail) and not (waited and error is TargetUnsupported):
-            return error(f"{text} ({mask_uri(uri)})")
+            return error(f"{text} ({mask_uri(uri)}); ffmpeg: {said}")
 
     if run.timed_out or run.stopped or waited:
         return TargetTimeout(
             f"the stream sent nothing usable within {run.elapsed_s:.0f}s "
-            f"({mask_uri(uri)})"
+            f"({mask_uri(uri)}); ffmpeg: {said}"
         )
     return MeasurementInternal(
         f"ffmpeg exited with status {run.returncode}: {_last_lines(tail)}"
@@ -615,6 +623,12 @@ def raise_for_failure(
     if run.ok:
         return
     raise classify_failure(run, uri, connect_timeout_s=connect_timeout_s)
+
+
+def _last_said(text: str) -> str:
+    """ffmpeg's last line, without its "[tcp @ 0x..] [error]" prefixes."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1]) if lines else "nothing"
 
 
 def _last_lines(text: str) -> str:

@@ -87,7 +87,7 @@ class ProbeOutcome:
 
 
 @dataclass
-class _Pipes:
+class ProbePipes:
     """The pipes one probe's ffmpeg writes into."""
 
     video: PipeCollector = field(default_factory=PipeCollector)
@@ -123,7 +123,7 @@ def probe_stream(
 
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        pipes = _Pipes()
+        pipes = ProbePipes()
         for pipe in pipes.all():
             stack.enter_context(pipe)
         watch = StderrWatch()
@@ -180,7 +180,7 @@ def probe_command(
     transport: str,
     connect_timeout_s: float,
     settings: Settings,
-    pipes: _Pipes,
+    pipes: ProbePipes,
     analysis_width: int = ANALYSIS_WIDTH,
 ) -> list[str]:
     """The ffmpeg command line of one probe."""
