@@ -9,6 +9,7 @@ CamtesterError
 │   ├── TargetNotFound         not_found
 │   ├── TargetUnsupported      unsupported
 │   └── MeasurementInternal    internal
+│       └── WorkerCannotMeasure    internal: the worker, not the camera
 ├── SetupError                 this worker cannot measure at all
 ├── InvalidInput               a client sent something out of contract (400)
 │   └── TooLarge               a body or batch over its limit (413)
@@ -76,6 +77,10 @@ class MeasurementInternal(MeasurementError):
     """The measurement failed for a reason that matches no other code."""
 
     code = "internal"
+
+
+class WorkerCannotMeasure(MeasurementInternal):
+    """The worker is set up so that it cannot measure; no camera is to blame."""
 
 
 class SetupError(CamtesterError):

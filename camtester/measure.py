@@ -14,43 +14,80 @@ from typing import Any
 from camtester import metrics
 from camtester.analysis.deviations import failure_deviations, find_deviations
 from camtester.analysis.thresholds import merge_thresholds
-from camtester.errors import MeasurementError, MeasurementInternal, TargetTimeout
+from camtester.errors import (
+    MeasurementError,
+    MeasurementInternal,
+    SetupError,
+    TargetTimeout,
+    WorkerCannotMeasure,
+)
 from camtester.results import failure, success
 from camtester.settings import Settings
 from camtester.uris import mask_uri
 
 logger = logging.getLogger(__name__)
 
+Outcome = dict[str, Any] | MeasurementError
+
 
 def run_measurement(
     measurement: dict[str, Any], settings: Settings
 ) -> tuple[dict[str, Any], bytes | None]:
     """Measure; return the result document and a JPEG snapshot for probes."""
-    task_type = measurement["type"]
-    options = measurement["options"]
-    thresholds = merge_thresholds(settings.thresholds, options.get("thresholds"))
     started = time.monotonic()
+    snapshot: bytes | None = None
 
+    outcome: Outcome
     try:
-        payload, snapshot = _dispatch(measurement, settings)
+        outcome, snapshot = _dispatch(measurement, settings)
     except MeasurementError as exc:
-        metrics.TASK_RUN_SECONDS.labels(task_type).observe(time.monotonic() - started)
-        exc.message = mask_uri(exc.message)
+        outcome = exc
+    except SetupError as exc:
+        outcome = setup_failure(exc)
+
+    elapsed = time.monotonic() - started
+    return result_of(measurement, outcome, settings, elapsed), snapshot
+
+
+def setup_failure(exc: SetupError) -> MeasurementError:
+    """A worker that cannot measure at all: `internal`, and no camera is blamed."""
+    return WorkerCannotMeasure(f"worker setup error: {exc}")
+
+
+def result_of(
+    measurement: dict[str, Any],
+    outcome: Outcome,
+    settings: Settings,
+    elapsed_s: float,
+) -> dict[str, Any]:
+    """The result document of one measurement's payload or failure."""
+    task_type = measurement["type"]
+    target = mask_uri(measurement["target"])
+    metrics.TASK_RUN_SECONDS.labels(task_type).observe(elapsed_s)
+
+    if isinstance(outcome, dict) and outcome.get("packets_received") == 0:
+        outcome = _no_reply(measurement["target"], outcome)
+
+    if isinstance(outcome, MeasurementError):
+        outcome.message = mask_uri(outcome.message)
         logger.warning(
             "%s of %s failed after %.1fs: %s %s",
             task_type,
-            mask_uri(measurement["target"]),
-            time.monotonic() - started,
-            exc.code,
-            exc.message,
+            target,
+            elapsed_s,
+            outcome.code,
+            outcome.message,
         )
-        deviations = failure_deviations(task_type, exc.code)
-        return failure(exc, deviations, getattr(exc, "payload", None)), None
+        deviations = []
+        if not isinstance(outcome, WorkerCannotMeasure):
+            deviations = failure_deviations(task_type, outcome.code)
+        return failure(outcome, deviations, getattr(outcome, "payload", None))
 
-    metrics.TASK_RUN_SECONDS.labels(task_type).observe(time.monotonic() - started)
+    options = measurement["options"]
+    thresholds = merge_thresholds(settings.thresholds, options.get("thresholds"))
     deviations = find_deviations(
         task_type,
-        payload,
+        outcome,
         thresholds=thresholds,
         requested_duration_s=options.get("duration"),
         expected_profile=options.get("expected"),
@@ -58,11 +95,11 @@ def run_measurement(
     logger.info(
         "%s of %s measured in %.1fs with %d deviations",
         task_type,
-        mask_uri(measurement["target"]),
-        time.monotonic() - started,
+        target,
+        elapsed_s,
         len(deviations),
     )
-    return success(payload, deviations), snapshot
+    return success(outcome, deviations)
 
 
 def _dispatch(
@@ -83,8 +120,6 @@ def _dispatch(
             interval_s=options["interval"],
             timeout_s=options["timeout"],
         )
-        if payload["packets_received"] == 0:
-            raise _no_reply(target, payload)
         return payload, None
 
     if task_type == "probe":

@@ -161,8 +161,8 @@ class StartGuard:
             n += 1
 
     def probe(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
-        event = info.get_event()
-        if event is not None:
+        if info.type & Gst.PadProbeType.EVENT_DOWNSTREAM:
+            event = info.get_event()
             if event.type == Gst.EventType.SEGMENT:
                 self.on_segment(event.parse_segment())
             return Gst.PadProbeReturn.OK
