@@ -161,8 +161,14 @@ def test_a_check_that_always_kills_its_worker_is_given_up(
 # -- SIGKILL of a whole worker: another one gets the message -----------------
 
 
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return int(handle.read().rpartition(b")")[2].split()[1])
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_sigkill_of_a_whole_worker_hands_the_check_to_another_once(
-    redis_factory: Any, camera: LiveCamera, worker_factory: Any
+    redis_factory: Any, camera: LiveCamera, worker_factory: Any, pool: str
 ) -> None:
     # The shortest visibility timeout the settings allow: samples of at most
     # 3 s with a 1 s connect timeout make a hard time limit of 32 s.
@@ -175,16 +181,18 @@ def test_sigkill_of_a_whole_worker_hands_the_check_to_another_once(
     geo = unique_geo()
     queues = [f"{geo}.check", "results"]
     workers = [
-        worker_factory(queues, own.env, pool="threads", concurrency=2) for _ in range(2)
+        worker_factory(queues, own.env, pool=pool, concurrency=2) for _ in range(2)
     ]
 
     with FfmpegCensus(camera.names[0]) as census:
         task_id = own.submit(check_task(geo, camera.uri(), duration=3))
         ffmpeg, parent = census.wait_for_new(0)
-        killed = next(w for w in workers if w.pid == parent)
+        main = parent if pool == "threads" else parent_of(parent)
+        killed = next(w for w in workers if w.pid == main)
         other = next(w for w in workers if w is not killed)
 
-        os.kill(killed.pid, signal.SIGKILL)
+        # The whole worker, as the OOM killer of a container or `kill -9 -1`.
+        os.killpg(killed.pid, signal.SIGKILL)
         assert wait_gone(ffmpeg, FFMPEG_GONE_S) < FFMPEG_GONE_S
 
         # The message comes back once the visibility timeout (33 s) has passed.
@@ -192,10 +200,41 @@ def test_sigkill_of_a_whole_worker_hands_the_check_to_another_once(
         own.wait(task_id)
         executions = len(census.seen)
 
-    assert parent == other.pid
+    main = parent if pool == "threads" else parent_of(parent)
+    assert main == other.pid
     assert executions == 2
     assert_checked_once(own, task_id, 3)
     assert worker_log_lines(other.log_path, task_id, "stored result 0") == 1
+
+
+def test_sigkill_of_a_prefork_main_process_alone_loses_nothing(
+    redis_factory: Any, camera: LiveCamera, worker_factory: Any
+) -> None:
+    own = OwnStack(
+        redis_factory(),
+        CAMTESTER_MAX_SAMPLE_DURATION_S="3",
+        CAMTESTER_CONNECT_TIMEOUT_S="1",
+        CAMTESTER_VISIBILITY_TIMEOUT_S="33",
+    )
+    geo = unique_geo()
+    queues = [f"{geo}.check", "results"]
+    first = worker_factory(queues, own.env, pool="prefork", concurrency=1)
+
+    with FfmpegCensus(camera.names[0]) as census:
+        task_id = own.submit(check_task(geo, camera.uri(), duration=3))
+        ffmpeg, pool_process = census.wait_for_new(0)
+        # Only the main process: its pool process is orphaned mid-check.
+        os.kill(first.pid, signal.SIGKILL)
+        worker_factory(queues, own.env, pool="prefork", concurrency=1)
+        task = own.wait(task_id, timeout_s=120)
+        wait_gone(pool_process, 60)
+        time.sleep(1.0)
+        executions = len(census.seen)
+
+    assert task["status"] == "done"
+    assert list(own.stored_results(task_id)) == [b"0"]
+    assert census.alive() == {}
+    assert executions in (1, 2)
 
 
 def test_a_visibility_timeout_shorter_than_a_task_is_refused(

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from celery import Celery
+from celery.app import trace
 from celery.signals import (
     celeryd_init,
     setup_logging,
@@ -28,6 +29,11 @@ celery_app = Celery(
     "camtester", include=["camtester.tasks.measure", "camtester.tasks.aggregate"]
 )
 celery_app.config_from_object("celeryconfig")
+
+# Celery's "succeeded" line prints the task's return value, and a measurement
+# returns its whole result with the base64 snapshot: thousands of characters a
+# probe. The result is logged by camtester in a line of its own instead.
+trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 
 @setup_logging.connect
