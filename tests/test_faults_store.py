@@ -26,6 +26,9 @@ from tests.fixtures.services import (
     service_env,
 )
 from tests.test_faults_common import (
+    FfmpegCensus,
+    LiveCamera,
+    check_task,
     measurement_chain,
     unique_geo,
     wait_until,
@@ -266,3 +269,45 @@ def test_a_store_that_refuses_writes_is_503_and_reads_still_work(
     assert read.status_code == 200
     assert read.get_json()["status"] == "pending"
     assert accepted.status_code == 202
+
+
+def test_a_redis_restart_in_the_middle_of_a_check_loses_nothing(
+    redis_factory: Any, worker_factory: Any
+) -> None:
+    redis_server = redis_factory(appendonly=True)
+    env = service_env(
+        redis_server.url(0),
+        redis_server.url(1),
+        CAMTESTER_MAX_SAMPLE_DURATION_S="3",
+        CAMTESTER_CONNECT_TIMEOUT_S="1",
+        CAMTESTER_VISIBILITY_TIMEOUT_S="33",
+    )
+    settings = Settings.from_env(env)
+    app = create_app(settings).test_client()
+    headers = {"Authorization": f"Bearer {make_token()}"}
+    geo = unique_geo()
+    worker_factory([f"{geo}.check", "results"], env, concurrency=2)
+    camera = LiveCamera().start()
+    try:
+        with FfmpegCensus(camera.names[0]) as census:
+            task = check_task(geo, camera.uri(), duration=3)
+            task_id = app.post("/tasks", json=task, headers=headers).get_json()["id"]
+            census.wait_for_new(0)
+            time.sleep(1.5)
+            # Down while the check ends, its result is handed on and acknowledged.
+            stop_redis(redis_server, signal.SIGTERM)
+            time.sleep(4.0)
+            redis_server.start()
+
+            def finished() -> dict[str, Any] | None:
+                task = app.get(f"/tasks/{task_id}", headers=headers).get_json()
+                return task if task["status"] in ("done", "failed") else None
+
+            task = wait_until(finished, 120, "the interrupted check")
+    finally:
+        camera.stop()
+
+    assert task["status"] == "done"
+    assert task["result"]["payload"]["duration_sec"] == pytest.approx(3, abs=0.5)
+    assert list(redis_server.client(0).hgetall(keys.results_key(task_id))) == [b"0"]
+    assert census.alive() == {}

@@ -58,30 +58,39 @@ def aggregate(
             logger.info("no new result for subtask %d (duplicate delivery)", index)
             return
 
-        result = envelope["result"]
-        measurement = _measurement_at(task, index)
-        result["deviations"] = deviation_records(
-            task_id, index, task, measurement, result
-        )
         snapshot = envelope.get("snapshot")
         snapshot_bytes = base64.b64decode(snapshot) if snapshot else None
-
-        status, next_index = _next_step(task, index, result)
-        task_store().save_result(
-            task_id, index, result, status=status, snapshot=snapshot_bytes
-        )
-        deviation_store().add(result["deviations"])
-        _count(task, measurement, result)
-        logger.info(
-            "stored result %d: ok=%s, %d deviations, task %s",
-            index,
-            result["ok"],
-            len(result["deviations"]),
-            status.value,
+        next_index = store_result(
+            task_id, index, task, envelope["result"], snapshot_bytes
         )
 
         if next_index is not None:
             publish(get_settings(), [(task_id, next_index, task)])
+
+
+def store_result(
+    task_id: str,
+    index: int,
+    task: dict[str, Any],
+    result: dict[str, Any],
+    snapshot: bytes | None = None,
+) -> int | None:
+    """Store a result with its deviation records; the next subtask to send, if any."""
+    measurement = _measurement_at(task, index)
+    result["deviations"] = deviation_records(task_id, index, task, measurement, result)
+
+    status, next_index = _next_step(task, index, result)
+    task_store().save_result(task_id, index, result, status=status, snapshot=snapshot)
+    deviation_store().add(result["deviations"])
+    _count(task, measurement, result)
+    logger.info(
+        "stored result %d: ok=%s, %d deviations, task %s",
+        index,
+        result["ok"],
+        len(result["deviations"]),
+        status.value,
+    )
+    return next_index
 
 
 def _count(
@@ -95,7 +104,8 @@ def _count(
 
 def _measurement_at(task: dict[str, Any], index: int) -> dict[str, Any]:
     if task["type"] == "complex":
-        return task["subtasks"][index]
+        subtask: dict[str, Any] = task["subtasks"][index]
+        return subtask
     return task
 
 

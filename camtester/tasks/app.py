@@ -26,7 +26,12 @@ from camtester.settings import get_settings
 logger = logging.getLogger(__name__)
 
 celery_app = Celery(
-    "camtester", include=["camtester.tasks.measure", "camtester.tasks.aggregate"]
+    "camtester",
+    include=[
+        "camtester.tasks.measure",
+        "camtester.tasks.aggregate",
+        "camtester.tasks.ping_chunk",
+    ],
 )
 celery_app.config_from_object("celeryconfig")
 

@@ -56,7 +56,7 @@ def _measure(
     store = task_store()
     with task_context(task_id, measurement["type"]):
         claims = RunClaims(store.redis, settings)
-        if not _first_delivery(store, claims, task_id, index, attempt):
+        if not first_delivery(store, claims, task_id, index, attempt):
             return None
 
         deliveries = claims.count_delivery(task_id, index, attempt)
@@ -77,7 +77,7 @@ def _measure(
         return _run(measurement, store, settings)
 
 
-def _first_delivery(
+def first_delivery(
     store: TaskStore, claims: RunClaims, task_id: str, index: int, attempt: int
 ) -> bool:
     """Whether this delivery is the one to measure; log why not."""

@@ -1,7 +1,8 @@
 """Putting measurements on their region's queues, through their region's broker.
 
-Each measurement travels as a two-step Celery chain: `camtester.<type>` on
-`<geo>.<type>`, then `camtester.aggregate` on `results`. The chain is written into
+Plain ping tasks travel in chunks, many pings to a message (`camtester.ping_chunk`,
+see tasks/ping_chunk.py). Every other measurement travels as a two-step chain:
+`camtester.<type>` on `<geo>.<type>`, then `camtester.aggregate` on `results`. The chain is written into
 the measurement's own message (its `chain` option), which is how Celery encodes
 `measure | aggregate`; a worker runs the measurement and sends the aggregation
 with its return value, as for any chain.
@@ -19,6 +20,7 @@ from the events of the worker that receives it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -52,6 +54,9 @@ PIPELINE_COMMANDS = 10000
 _DELIVERY_MODE = 2
 
 Item = tuple[str, int, dict[str, Any]]
+
+#: Most plain ping tasks in one `camtester.ping_chunk` message.
+PING_CHUNK_SIZE = 250
 
 
 def queue_name(geo_location: str, task_type: str) -> str:
@@ -122,15 +127,57 @@ def _publish_through(url: str, batch: list[Item]) -> None:
             _publish_one_by_one(connection, batch)
             return
 
+        chained, chunks = split_ping_chunks(batch)
         writer = channel.create_publish_batch(PIPELINE_COMMANDS)
         try:
             messages = _MessageMaker(channel)
-            for task_id, index, task in batch:
+            for task_id, index, task in chained:
                 queue, message = messages.make(task_id, index, task)
+                writer.publish(message, exchange="", routing_key=queue)
+            for queue, chunk in chunks:
+                message = messages.make_ping_chunk(queue, chunk)
                 writer.publish(message, exchange="", routing_key=queue)
             writer.flush()
         finally:
             writer.close()
+
+
+def split_ping_chunks(
+    batch: list[Item],
+) -> tuple[list[Item], list[tuple[str, list[tuple[str, dict[str, Any]]]]]]:
+    """The items that travel as chains, and plain pings grouped into chunks.
+
+    Pings of one chunk share their queue and options, so that one `ping_many`
+    call measures them all; subtasks of complex tasks keep their chains.
+    """
+    chained: list[Item] = []
+    groups: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for task_id, index, task in batch:
+        if task["type"] != "ping":
+            chained.append((task_id, index, task))
+            continue
+        queue = queue_name(task["geo_location"], "ping")
+        options = json.dumps(task["options"], sort_keys=True)
+        groups[(queue, options)].append((task_id, task))
+
+    chunks = []
+    for (queue, _), members in groups.items():
+        for start in range(0, len(members), PING_CHUNK_SIZE):
+            chunks.append((queue, members[start : start + PING_CHUNK_SIZE]))
+    return chained, chunks
+
+
+def ping_chunk_signature(
+    queue: str, chunk: list[tuple[str, dict[str, Any]]]
+) -> Signature:
+    """One message that pings every task of `chunk`."""
+    ids = [task_id for task_id, _ in chunk]
+    return celery_app.signature(
+        "camtester.ping_chunk",
+        args=(chunk,),
+        queue=queue,
+        argsrepr=repr(ids),
+    )
 
 
 class _MessageMaker:
@@ -153,9 +200,7 @@ class _MessageMaker:
         """The queue and the message of subtask `index` of `task`."""
         measure, aggregate = measurement_steps(task_id, index, task)
         queue = measure.options["queue"]
-        if queue not in self.declared:
-            maybe_declare(self.amqp.queues[queue], self.channel)  # type: ignore[no-untyped-call]
-            self.declared.add(queue)
+        self._declare(queue)
 
         headers, properties, body, _ = self.amqp.create_task_message(
             uuid(),
@@ -169,18 +214,47 @@ class _MessageMaker:
             origin=self.origin,
             ignore_result=self.ignore_result,
         )
+        return queue, self._prepare(headers, properties, body)
+
+    def _declare(self, queue: str) -> None:
+        if queue not in self.declared:
+            maybe_declare(self.amqp.queues[queue], self.channel)  # type: ignore[no-untyped-call]
+            self.declared.add(queue)
+
+    def _prepare(self, headers: Any, properties: Any, body: Any) -> Any:
         dumped = serialization.dumps(body, self.serializer)  # type: ignore[no-untyped-call]
         content_type, encoding, data = dumped
         properties["delivery_mode"] = _DELIVERY_MODE
-        message = self.channel.prepare_message(
+        return self.channel.prepare_message(
             data, 0, content_type, encoding, headers, properties
         )
-        return queue, message
+
+    def make_ping_chunk(
+        self, queue: str, chunk: list[tuple[str, dict[str, Any]]]
+    ) -> Any:
+        """The message of one ping chunk, with no chain: it stores its results."""
+        signature = ping_chunk_signature(queue, chunk)
+        self._declare(queue)
+        headers, properties, body, _ = self.amqp.create_task_message(
+            uuid(),
+            signature.task,
+            signature.args,
+            {},
+            reply_to=self.reply_to,
+            argsrepr=signature.options["argsrepr"],
+            kwargsrepr="{}",
+            origin=self.origin,
+            ignore_result=self.ignore_result,
+        )
+        return self._prepare(headers, properties, body)
 
 
 def _publish_one_by_one(connection: Any, batch: list[Item]) -> None:
     """Any other transport: Celery's ordinary publishing, one message at a time."""
     producer = celery_app.amqp.Producer(connection)
-    for task_id, index, task in batch:
+    chained, chunks = split_ping_chunks(batch)
+    for task_id, index, task in chained:
         measure, aggregate = measurement_steps(task_id, index, task)
         measure.apply_async(producer=producer, chain=[aggregate])
+    for queue, chunk in chunks:
+        ping_chunk_signature(queue, chunk).apply_async(producer=producer)
