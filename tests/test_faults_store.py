@@ -271,8 +271,9 @@ def test_a_store_that_refuses_writes_is_503_and_reads_still_work(
     assert accepted.status_code == 202
 
 
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_a_redis_restart_in_the_middle_of_a_check_loses_nothing(
-    redis_factory: Any, worker_factory: Any
+    redis_factory: Any, worker_factory: Any, pool: str
 ) -> None:
     redis_server = redis_factory(appendonly=True)
     env = service_env(
@@ -286,7 +287,7 @@ def test_a_redis_restart_in_the_middle_of_a_check_loses_nothing(
     app = create_app(settings).test_client()
     headers = {"Authorization": f"Bearer {make_token()}"}
     geo = unique_geo()
-    worker_factory([f"{geo}.check", "results"], env, concurrency=2)
+    worker_factory([f"{geo}.check", "results"], env, pool=pool, concurrency=2)
     camera = LiveCamera().start()
     try:
         with FfmpegCensus(camera.names[0]) as census:

@@ -20,6 +20,7 @@ import argparse
 import ctypes
 import signal
 import sys
+import time
 from pathlib import Path
 
 import gi
@@ -35,6 +36,8 @@ from gi.repository import GLib, Gst, GstPbutils, GstRtsp, GstRtspServer
 Gst.init(None)
 
 ANONYMOUS_ROLE = "anonymous"
+#: Seconds between a file mount's last RTP packet and its RTCP BYE.
+BYE_DELAY_S = 1.0
 
 # Demuxers by the container caps the discoverer reports.
 DEMUXERS = {
@@ -150,15 +153,9 @@ class StartGuard:
         self.segment_start = -1
 
     @classmethod
-    def attach(cls, _factory: GstRtspServer.RTSPMediaFactory, media: FileMedia) -> None:
-        """Probe every payloader of `media` (a `media-configure` handler)."""
-        element = media.get_element()
+    def attach(cls, media: FileMedia, payloader: Gst.Element) -> None:
         kinds = Gst.PadProbeType.BUFFER | Gst.PadProbeType.EVENT_DOWNSTREAM
-        n = 0
-        while (payloader := element.get_by_name(f"pay{n}")) is not None:
-            guard = cls(media)
-            payloader.get_static_pad("sink").add_probe(kinds, guard.probe)
-            n += 1
+        payloader.get_static_pad("sink").add_probe(kinds, cls(media).probe)
 
     def probe(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
         if info.type & Gst.PadProbeType.EVENT_DOWNSTREAM:
@@ -179,6 +176,33 @@ class StartGuard:
         # (after a seek) must not move the origin.
         if self.media.origin_ns is None:
             self.media.origin_ns = segment.time
+
+
+def hold_end_of_stream(_pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+    """Hold a payloader's EOS for BYE_DELAY_S before rtpbin answers it with a BYE.
+
+    rtpbin sends the RTCP BYE as soon as a stream's EOS reaches it, so over UDP
+    the BYE left together with the last RTP packets. ffmpeg reads a stream's
+    RTCP socket before its RTP socket and stops at the BYE: the last frame it
+    got was cut short ("error while decoding MB" in the last P frame), and a
+    client lagging behind under load lost whole seconds of the end.
+    """
+    if info.get_event().type == Gst.EventType.EOS:
+        time.sleep(BYE_DELAY_S)
+    return Gst.PadProbeReturn.OK
+
+
+def configure_file_media(
+    _factory: GstRtspServer.RTSPMediaFactory, media: FileMedia
+) -> None:
+    """Probe every payloader of a new file media (a `media-configure` handler)."""
+    element = media.get_element()
+    n = 0
+    while (payloader := element.get_by_name(f"pay{n}")) is not None:
+        StartGuard.attach(media, payloader)
+        pad = payloader.get_static_pad("src")
+        pad.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, hold_end_of_stream)
+        n += 1
 
 
 def media_type(duration_ns: int) -> type[FileMedia]:
@@ -225,7 +249,7 @@ def file_factory(path: Path) -> GstRtspServer.RTSPMediaFactory:
 
     factory = make_factory("( " + " ".join(parts) + " )", shared=False)
     factory.set_media_gtype(media_type(duration_ns).__gtype__)
-    factory.connect("media-configure", StartGuard.attach)
+    factory.connect("media-configure", configure_file_media)
     return factory
 
 
