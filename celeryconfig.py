@@ -3,6 +3,8 @@
 import math
 import os
 
+import kombu.transport.redis
+
 from camtester.settings import SettingsError, get_settings
 from camtester.store.claims import hard_time_limit_s, soft_time_limit_s
 
@@ -66,6 +68,20 @@ broker_transport_options = {
     "unacked_restore_interval": max(1, min(10, _visibility_s // 4)),
     "unacked_restore_throttle": 1,
 }
+
+# NOTE: when the broker goes away, Celery 5.7 drops the broken connection's
+# transport and then closes its channel; closing a kombu Redis channel that holds
+# unacknowledged messages tries to restore them, which then fails with an
+# AttributeError that Celery does not expect, and the worker exits
+# ("Unrecoverable error"). A restore needs the broker, so it cannot work at that
+# moment anyway; without it, the messages stay in the broker's unacked set and
+# come back after the visibility timeout, as those of a killed worker do.
+kombu.transport.redis.QoS.restore_at_shutdown = False
+
+# A measurement running when the broker connection drops goes on: its result is
+# handed on once the broker is back, and if its message comes again after the
+# visibility timeout, the stored result or the live claim drops that delivery.
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 task_routes = {"camtester.aggregate": {"queue": "results"}}
 task_default_queue = "results"

@@ -9,9 +9,11 @@ load of the machine.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,18 +119,27 @@ class RawRtspClient:
         self.session = reply.get("session", "").split(";")[0]
         return reply
 
-    def play_from_start(self) -> Played:
-        """Set every stream up, PLAY from npt 0, wait for a packet of each."""
+    def describe(self) -> list[str]:
+        """The SDP's media sections, one per stream."""
         sdp = self.request("DESCRIBE", self.url, "Accept: application/sdp\r\n")
-        sections = sdp["body"].split("\nm=")[1:]
-        for n, section in enumerate(sections):
-            control = re.search(r"a=control:(\S+)", section)
-            assert control is not None
-            url = control[1] if "://" in control[1] else f"{self.url}/{control[1]}"
-            transport = f"RTP/AVP/TCP;unicast;interleaved={2 * n}-{2 * n + 1}"
-            self.request("SETUP", url, f"Transport: {transport}\r\n")
+        return sdp["body"].split("\nm=")[1:]
 
-        reply = self.request("PLAY", self.url, "Range: npt=0.000-\r\n")
+    def setup(self, section: str, transport: str) -> None:
+        control = re.search(r"a=control:(\S+)", section)
+        assert control is not None
+        url = control[1] if "://" in control[1] else f"{self.url}/{control[1]}"
+        self.request("SETUP", url, f"Transport: {transport}\r\n")
+
+    def play(self) -> dict[str, str]:
+        return self.request("PLAY", self.url, "Range: npt=0.000-\r\n")
+
+    def play_from_start(self) -> Played:
+        """Set every stream up over TCP, PLAY, wait for a packet of each."""
+        sections = self.describe()
+        for n, section in enumerate(sections):
+            self.setup(section, f"RTP/AVP/TCP;unicast;interleaved={2 * n}-{2 * n + 1}")
+
+        reply = self.play()
         rates = [int(re.findall(r"a=rtpmap:\d+ [^/]+/(\d+)", s)[0]) for s in sections]
         rtptimes = [int(t) for t in re.findall(r"rtptime=(\d+)", reply["rtp-info"])]
         played = Played(reply["range"], rtptimes, rates)
@@ -137,6 +148,17 @@ class RawRtspClient:
             for kind, unit in self.framer.feed(self.sock.recv(65536)):
                 self.frames += [unit] if kind == "media" else []
         return played
+
+    def play_over_udp(self) -> list[tuple[socket.socket, socket.socket]]:
+        """Set every stream up over UDP and PLAY; the (RTP, RTCP) sockets."""
+        pairs = []
+        for section in self.describe():
+            pair = (udp_socket(self.sock), udp_socket(self.sock))
+            ports = [sock.getsockname()[1] for sock in pair]
+            self.setup(section, f"RTP/AVP;unicast;client_port={ports[0]}-{ports[1]}")
+            pairs.append(pair)
+        self.play()
+        return pairs
 
     def note_first_packets(self, played: Played) -> None:
         """Take the RTP timestamp of each channel's first packet in `frames`."""
@@ -150,6 +172,64 @@ class RawRtspClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def udp_socket(near: socket.socket) -> socket.socket:
+    """A non-blocking UDP socket on `near`'s address, with room for a clip."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((near.getsockname()[0], 0))
+    sock.setblocking(False)
+    return sock
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    """The datagrams queued on `sock` now."""
+    datagrams = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            datagrams.append(sock.recv(65536))
+    return datagrams
+
+
+def is_bye(datagram: bytes) -> bool:
+    """Whether a compound RTCP packet holds a BYE (packet type 203)."""
+    offset = 0
+    while offset + 4 <= len(datagram):
+        if datagram[offset + 1] == 203:
+            return True
+        offset += 4 * (int.from_bytes(datagram[offset + 2 : offset + 4], "big") + 1)
+    return False
+
+
+def rtp_missed_at_bye(
+    pairs: list[tuple[socket.socket, socket.socket]], limit_s: float = 30
+) -> list[int]:
+    """Per stream, the RTP packets a reader like ffmpeg's would lose at the BYE.
+
+    ffmpeg's rtp protocol reads the RTCP socket before the RTP socket whenever
+    both have data, and it ends the stream at the BYE: RTP packets still
+    queued then, or arriving later, are never read. This reader wakes every
+    0.1 s, as a busy client would, and reads in that order.
+    """
+    missed: dict[int, int] = {}
+    deadline = time.monotonic() + limit_s
+    while len(missed) < len(pairs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        for n, (rtp, rtcp) in enumerate(pairs):
+            if n in missed:
+                continue
+            ended = any(is_bye(d) for d in drain(rtcp))
+            queued = len(drain(rtp))
+            if ended:
+                missed[n] = queued
+
+    # Packets after the BYE are lost too; give late ones time to show up.
+    time.sleep(0.5)
+    for n, (rtp, _rtcp) in enumerate(pairs):
+        if n in missed:
+            missed[n] += len(drain(rtp))
+    return [missed.get(n, -1) for n in range(len(pairs))]
 
 
 @pytest.mark.parametrize("mount", ["clean", "corrupt", "noaudio", "novideo"])
@@ -168,6 +248,25 @@ def test_play_starts_every_stream_at_npt_zero(
         # The first packet is the file's first frame (audio may start a frame
         # after the video).
         assert 0 <= played.start_s(stream) < 0.05, (stream, played)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "ts"])
+def test_bye_comes_after_the_last_rtp_packet_over_udp(
+    short_camera: CameraSimulator, ext: str
+) -> None:
+    client = RawRtspClient(short_camera, ext)
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    try:
+        pairs = client.play_over_udp()
+        missed = rtp_missed_at_bye(pairs)
+    finally:
+        client.close()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+
+    # -1 would be a stream whose BYE never came.
+    assert missed == [0] * len(pairs)
 
 
 # -- what ffmpeg makes of it: decoded frames ------------------------------------------
@@ -194,8 +293,8 @@ def assert_file_time(times: list[float], frames: int) -> None:
     assert len(times) == pytest.approx(frames, abs=1), times[:3]
     assert times[1] == pytest.approx(FRAME_S, abs=FRAME_S)
     # pts spacing does not depend on the load, so it must be exact.
-    for i, time in enumerate(times[1:], start=1):
-        assert time - times[1] == pytest.approx((i - 1) * FRAME_S, abs=0.002), i
+    for i, pts in enumerate(times[1:], start=1):
+        assert pts - times[1] == pytest.approx((i - 1) * FRAME_S, abs=0.002), i
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

@@ -97,6 +97,35 @@ class RunClaims:
         logger.info("claim %s of slot %s taken over by %s", key, holder, owner)
         return True
 
+    def acquire_unclaimed(
+        self, task_ids: list[str], index: int, owner: str, attempt: int = 0
+    ) -> list[bool]:
+        """Claim every task nobody claimed yet, in one round trip.
+
+        A task whose claim exists is False here; `acquire` decides whether its
+        holder is dead, one task at a time, as that is rare.
+        """
+        owner = f"{attempt}|{owner}"
+        with store_errors(self.settings.redis_url):
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                key = keys.run_claim_key(task_id, index)
+                pipe.set(key, owner, nx=True, ex=self.ttl_s)
+            return [bool(won) for won in pipe.execute()]
+
+    def count_deliveries(
+        self, task_ids: list[str], index: int, attempt: int = 0
+    ) -> list[int]:
+        """`count_delivery` for many tasks in one round trip."""
+        with store_errors(self.settings.redis_url):
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                key = deliveries_key(task_id, index, attempt)
+                pipe.incr(key)
+                pipe.expire(key, self.settings.result_ttl_s)
+            replies = pipe.execute()
+        return [int(count) for count in replies[0::2]]
+
     def count_delivery(self, task_id: str, index: int, attempt: int = 0) -> int:
         """Count one more delivery of this attempt that starts measuring.
 

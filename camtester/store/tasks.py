@@ -94,23 +94,57 @@ class TaskStore:
         snapshot: bytes | None = None,
     ) -> None:
         """Store one (sub)task result and the task's new status together."""
-        task_key = keys.task_key(task_id)
-        results_key = keys.results_key(task_id)
-        fields: dict[str, Any] = {
-            "status": status.value,
-            "current_index": index,
-            "updated_at": utc_now_iso(),
-        }
+        self.save_results([(task_id, index, result, status)], snapshot=snapshot)
 
+    def save_results(
+        self,
+        entries: list[tuple[str, int, dict[str, Any], TaskStatus]],
+        *,
+        snapshot: bytes | None = None,
+    ) -> None:
+        """Store (task id, index, result, status) entries in one round trip.
+
+        `snapshot` belongs to the first entry; only single results carry one.
+        """
+        now = utc_now_iso()
         with store_errors(self.settings.redis_url):
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(results_key, index, json.dumps(result))
-            pipe.expire(results_key, self.ttl_s)
-            pipe.hset(task_key, mapping=fields)
-            pipe.expire(task_key, self.ttl_s)
-            if snapshot:
-                pipe.set(keys.snapshot_key(task_id), snapshot, ex=self.ttl_s)
+            for task_id, index, result, status in entries:
+                task_key = keys.task_key(task_id)
+                results_key = keys.results_key(task_id)
+                fields = {
+                    "status": status.value,
+                    "current_index": index,
+                    "updated_at": now,
+                }
+                pipe.hset(results_key, index, json.dumps(result))
+                pipe.expire(results_key, self.ttl_s)
+                pipe.hset(task_key, mapping=fields)
+                pipe.expire(task_key, self.ttl_s)
+            if snapshot and entries:
+                pipe.set(keys.snapshot_key(entries[0][0]), snapshot, ex=self.ttl_s)
             pipe.execute()
+
+    def results_exist(self, task_ids: list[str], index: int) -> list[bool]:
+        """For each task, whether subtask `index` has a stored result."""
+        with store_errors(self.settings.redis_url):
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hexists(keys.results_key(task_id), index)
+            return [bool(found) for found in pipe.execute()]
+
+    def mark_running_many(self, task_ids: list[str], index: int) -> list[bool]:
+        """`mark_running` for many tasks in one round trip."""
+        now = utc_now_iso()
+        with store_errors(self.settings.redis_url):
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                self._mark_running(
+                    keys=[keys.task_key(task_id)],
+                    args=[index, now, self.ttl_s],
+                    client=pipe,
+                )
+            return [bool(moved) for moved in pipe.execute()]
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The task as the API shows it, with its result(s); None if unknown."""

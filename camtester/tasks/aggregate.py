@@ -76,13 +76,25 @@ def store_result(
     snapshot: bytes | None = None,
 ) -> int | None:
     """Store a result with its deviation records; the next subtask to send, if any."""
-    measurement = _measurement_at(task, index)
-    result["deviations"] = deviation_records(task_id, index, task, measurement, result)
-
-    status, next_index = _next_step(task, index, result)
+    status, next_index = complete_result(task_id, index, task, result)
     task_store().save_result(task_id, index, result, status=status, snapshot=snapshot)
     deviation_store().add(result["deviations"])
+    log_stored(index, result, status)
+    return next_index
+
+
+def complete_result(
+    task_id: str, index: int, task: dict[str, Any], result: dict[str, Any]
+) -> tuple[TaskStatus, int | None]:
+    """Turn the result's deviations into records; the task's status and next step."""
+    measurement = _measurement_at(task, index)
+    result["deviations"] = deviation_records(task_id, index, task, measurement, result)
     _count(task, measurement, result)
+    return _next_step(task, index, result)
+
+
+def log_stored(index: int, result: dict[str, Any], status: TaskStatus) -> None:
+    """One line per stored result, inside the task's logging context."""
     logger.info(
         "stored result %d: ok=%s, %d deviations, task %s",
         index,
@@ -90,7 +102,6 @@ def store_result(
         len(result["deviations"]),
         status.value,
     )
-    return next_index
 
 
 def _count(

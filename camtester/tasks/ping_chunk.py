@@ -4,9 +4,9 @@ A ping costs the pipeline more than the ping itself: a message, a claim, an
 aggregation message and its own store writes, about 9 ms of CPU each, so that
 1,000 pings of one second took 6 to 8 s on two cores. Tasks with the same queue
 and options therefore travel in chunks: one message, one `ping_many` call on the
-worker's shared ICMP socket, and each result stored right here. Every task still
-has its own claim, delivery count, result, status and deviation records, so a
-chunk delivered twice measures nothing twice.
+worker's shared ICMP socket, claims and results written in pipelines, and no
+aggregation message. Every task still has its own claim, delivery count, result,
+status and deviation records, so a chunk delivered twice measures nothing twice.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from camtester.measure import Outcome, result_of, setup_failure
 from camtester.network.ping import ping_many, validate_host
 from camtester.results import failure
 from camtester.settings import get_settings
-from camtester.store.claims import MAX_DELIVERIES, RunClaims
-from camtester.tasks.aggregate import store_result
+from camtester.store.claims import MAX_DELIVERIES, RunClaims, current_owner
+from camtester.tasks.aggregate import complete_result, deviation_store, log_stored
 from camtester.tasks.app import celery_app
 from camtester.tasks.measure import first_delivery, task_store
 
 logger = get_task_logger(__name__)
+
+Item = tuple[str, dict[str, Any]]
 
 
 @celery_app.task(
@@ -40,44 +42,60 @@ logger = get_task_logger(__name__)
     retry_backoff=True,
     max_retries=5,
 )
-def ping_chunk(self: Task, items: list[tuple[str, dict[str, Any]]]) -> None:
+def ping_chunk(self: Task, items: list[Item]) -> None:
     """Ping every (task id, ping task) of the chunk at once and store each result."""
     attempt = int(self.request.retries or 0)
-    todo = [
-        (task_id, task) for task_id, task in items if _claim(task_id, task, attempt)
-    ]
-    if not todo:
-        return
-    logger.info("pinging a chunk of %d hosts", len(todo))
-
-    started = time.monotonic()
-    outcomes = _ping_all([task for _, task in todo])
-    elapsed = time.monotonic() - started
-
+    todo, lost = _claim_all(items, attempt)
     settings = get_settings()
-    for (task_id, task), outcome in zip(todo, outcomes, strict=True):
-        with task_context(task_id, "ping"):
-            store_result(task_id, 0, task, result_of(task, outcome, settings, elapsed))
+    finished = [(task_id, task, failure(error, [])) for task_id, task, error in lost]
+
+    if todo:
+        logger.info("pinging a chunk of %d hosts", len(todo))
+        started = time.monotonic()
+        outcomes = _ping_all([task for _, task in todo])
+        elapsed = time.monotonic() - started
+        for (task_id, task), outcome in zip(todo, outcomes, strict=True):
+            with task_context(task_id, "ping"):
+                result = result_of(task, outcome, settings, elapsed)
+            finished.append((task_id, task, result))
+
+    _store_all(finished)
 
 
-def _claim(task_id: str, task: dict[str, Any], attempt: int) -> bool:
-    """Whether this delivery measures the task; a lost-too-often one fails here."""
-    settings = get_settings()
+def _claim_all(
+    items: list[Item], attempt: int
+) -> tuple[list[Item], list[tuple[str, dict[str, Any], MeasurementInternal]]]:
+    """The tasks this delivery measures, and those lost too often to try again."""
     store = task_store()
-    with task_context(task_id, "ping"):
-        claims = RunClaims(store.redis, settings)
-        if not first_delivery(store, claims, task_id, 0, attempt):
-            return False
+    claims = RunClaims(store.redis, get_settings())
+    ids = [task_id for task_id, _ in items]
 
-        deliveries = claims.count_delivery(task_id, 0, attempt)
-        if deliveries > MAX_DELIVERIES:
-            logger.error("lost its worker %d times; not measured again", deliveries - 1)
+    stored = store.results_exist(ids, 0)
+    fresh = [item for item, done in zip(items, stored, strict=True) if not done]
+    won = claims.acquire_unclaimed([i for i, _ in fresh], 0, current_owner(), attempt)
+    claimed = [item for item, ok in zip(fresh, won, strict=True) if ok]
+    # A claim that exists may belong to a dead worker: decided one by one.
+    for task_id, task in (item for item, ok in zip(fresh, won, strict=True) if not ok):
+        with task_context(task_id, "ping"):
+            if first_delivery(store, claims, task_id, 0, attempt):
+                claimed.append((task_id, task))
+
+    deliveries = claims.count_deliveries([i for i, _ in claimed], 0, attempt)
+    lost = []
+    retry = []
+    for (task_id, task), count in zip(claimed, deliveries, strict=True):
+        if count > MAX_DELIVERIES:
+            with task_context(task_id, "ping"):
+                logger.error("lost its worker %d times; not measured again", count - 1)
             error = MeasurementInternal(
-                f"the worker was lost {deliveries - 1} times while measuring"
+                f"the worker was lost {count - 1} times while measuring"
             )
-            store_result(task_id, 0, task, failure(error, []))
-            return False
-        return store.mark_running(task_id, 0)
+            lost.append((task_id, task, error))
+        else:
+            retry.append((task_id, task))
+
+    running = store.mark_running_many([i for i, _ in retry], 0)
+    return [item for item, ok in zip(retry, running, strict=True) if ok], lost
 
 
 def _ping_all(tasks: list[dict[str, Any]]) -> list[Outcome]:
@@ -94,3 +112,19 @@ def _ping_all(tasks: list[dict[str, Any]]) -> list[Outcome]:
     except SetupError as exc:
         return [setup_failure(exc) for _ in tasks]
     return [by_host[validate_host(host)] for host in hosts]
+
+
+def _store_all(finished: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+    """Every result and deviation record of the chunk in two pipelined writes."""
+    entries = []
+    records = []
+    for task_id, task, result in finished:
+        status, _ = complete_result(task_id, 0, task, result)
+        entries.append((task_id, 0, result, status))
+        records.extend(result["deviations"])
+
+    task_store().save_results(entries)
+    deviation_store().add(records)
+    for task_id, _, result, status in entries:
+        with task_context(task_id, "ping"):
+            log_stored(0, result, status)
