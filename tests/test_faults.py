@@ -28,6 +28,7 @@ from camtester.store import keys
 from camtester.store.claims import MAX_DELIVERIES
 from camtester.store.tasks import TaskStore
 from camtester.tasks.app import celery_app
+from camtester.tasks.publish import ping_chunk_signature
 from tests.fixtures.services import JWT_SECRET, RedisServer, make_token
 from tests.test_faults_common import (
     FfmpegCensus,
@@ -404,3 +405,82 @@ def test_a_hard_time_limit_kills_ffmpeg_with_the_pool_process(
     assert task["result"]["error"]["code"] == "timeout"
     assert census.alive() == {}
     assert json.loads(own.stored_results(task_id)[b"0"])["ok"] is False
+
+
+# -- pings travel in chunks: a chunk killed mid-way ----------------------------
+
+
+def test_sigkill_mid_ping_chunk_pings_every_host_again_once(
+    own: OwnStack, worker_factory: Any
+) -> None:
+    geo = unique_geo()
+    worker = worker_factory(
+        [f"{geo}.ping", "results"], own.env, pool="prefork", concurrency=1
+    )
+    hosts = [f"127.0.0.{n}" for n in range(1, 11)]
+    tasks = [
+        {
+            "type": "ping",
+            "geo_location": geo,
+            "payload": {"host": host, "count": 20, "interval": 0.1},
+        }
+        for host in hosts
+    ]
+    response = own.http.post("/tasks-batch", json=tasks, headers=own.headers)
+    ids = response.get_json()["ids"]
+
+    wait_until(
+        lambda: b"pinging a chunk of 10" in worker.log_path.read_bytes(), 30, "chunk"
+    )
+    (pool_process,) = pool_children(worker.pid)
+    os.kill(pool_process, signal.SIGKILL)
+    finished = [own.wait(task_id) for task_id in ids]
+
+    chunks_run = worker.log_path.read_text().count("pinging a chunk of 10")
+    assert chunks_run == 2
+    for task, host in zip(finished, hosts, strict=True):
+        assert task["status"] == "done"
+        assert task["result"]["payload"]["address"] == host
+        assert task["result"]["payload"]["packets_received"] == 20
+        assert list(own.stored_results(task["id"])) == [b"0"]
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["soft-limit", "hard-limit"])
+def test_a_ping_chunk_past_its_time_limit_fails_each_of_its_tasks(
+    own: OwnStack, worker_factory: Any, frozen: bool
+) -> None:
+    geo = unique_geo()
+    worker = worker_factory(
+        [f"{geo}.ping", "results"], own.env, pool="prefork", concurrency=1
+    )
+    raw = {"type": "ping", "geo_location": geo, "payload": {"count": 30}}
+    tasks = [
+        validate_task(
+            {**raw, "payload": {**raw["payload"], "host": f"127.0.0.{n}"}}, own.settings
+        )
+        for n in (1, 2, 3)
+    ]
+    ids = [str(uuid.uuid4()) for _ in tasks]
+    TaskStore(own.settings).create(
+        [stored_document(i, t) for i, t in zip(ids, tasks, strict=True)]
+    )
+    chunk = ping_chunk_signature(
+        f"{geo}.ping", [(i, {**t, "id": i}) for i, t in zip(ids, tasks, strict=True)]
+    )
+    # 30 echoes take 3.9 s; the limits come at 1.5 s and 3 s.
+    chunk.set(soft_time_limit=1.5, time_limit=3)
+    with celery_app.connection_for_write(own.redis.url(1)) as connection:
+        chunk.apply_async(connection=connection)
+
+    wait_until(
+        lambda: b"pinging a chunk of 3" in worker.log_path.read_bytes(), 30, "chunk"
+    )
+    if frozen:
+        (pool_process,) = pool_children(worker.pid)
+        os.kill(pool_process, signal.SIGSTOP)
+    finished = [own.wait(task_id) for task_id in ids]
+
+    for task in finished:
+        assert task["status"] == "failed"
+        assert task["result"]["error"]["code"] == "timeout"
+        assert [d["kind"] for d in task["result"]["deviations"]] == ["unreachable"]

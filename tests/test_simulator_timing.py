@@ -49,17 +49,19 @@ def make_short_clip(target: Path) -> Path:
         f"testsrc2=s=640x360:r={FPS}:d={SHORT_S},format=yuv420p,"
         f"drawbox=c=black:t=fill:enable='{enable}',noise=c0s=8:c0f=t:enable='{enable}'"
     )
-    audio = f"aevalsrc='0.25*sin(2*PI*440*t)':s=48000:d={SHORT_S}"
+    tone = f"aevalsrc='0.25*sin(2*PI*440*t)':s=48000:d={SHORT_S}"
     argv = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-    argv += ["-f", "lavfi", "-i", video, "-f", "lavfi", "-i", audio]
+    argv += ["-f", "lavfi", "-i", video, "-f", "lavfi", "-i", tone]
+    argv += ["-c:a", "aac", "-b:a", "64k"]
     argv += ["-c:v", "libx264", "-preset", "veryfast", "-g", str(FPS)]
-    argv += ["-sc_threshold", "0", "-c:a", "aac", "-b:a", "64k", "-threads", "2"]
+    argv += ["-sc_threshold", "0", "-threads", "2"]
     subprocess.run([*argv, str(target)], check=True, capture_output=True, timeout=120)
     return target
 
 
 @pytest.fixture(scope="module")
 def short_camera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CameraSimulator]:
+    """The short clip as mounts `mp4` and `ts`."""
     folder = tmp_path_factory.mktemp("short")
     clips = {ext: make_short_clip(folder / f"short.{ext}") for ext in ("mp4", "ts")}
     with CameraSimulator(clips) as camera:
@@ -85,7 +87,7 @@ class Played:
 
 
 class RawRtspClient:
-    """The least RTSP client: DESCRIBE, SETUP over TCP interleaved, PLAY."""
+    """The least RTSP client: DESCRIBE, SETUP (TCP interleaved or UDP), PLAY."""
 
     def __init__(self, camera: CameraSimulator, mount: str) -> None:
         self.url = camera.url(mount)

@@ -7,10 +7,12 @@ Run it with Debian's interpreter, which has python3-gi (the venv has not):
         --auth clean=viewer:secret
 
 Each client of a file mount gets its own pipeline that plays the file from its
-start, so sample time 0 is file time 0. Video goes out as H.264, audio as AAC
-(RFC 3640) when the file has it, over RTP/UDP and RTP/TCP interleaved. A
-pattern mount is a live, endless test picture and tone. Once listening it
-prints `READY <address> <port>` on stdout. This file imports only the standard
+start, so sample time 0 is file time 0 (npt 0 is the first frame, whatever the
+container's first timestamp); the RTCP BYE follows the last packet by a
+second. Video goes out as H.264, audio as AAC (RFC 3640) when the file has
+it, over RTP/UDP and RTP/TCP interleaved. A pattern mount is a live, endless
+test picture and tone. Once listening it prints `READY <address> <port>` on
+stdout. This file imports only the standard
 library and gi, because it runs outside the venv and outside the package.
 """
 

@@ -19,9 +19,9 @@ The server picks a free port itself and reports it (no race with other tests);
 pass `port=` to fix one. With `netns="ct-..."` and `address=` the server runs
 inside that network namespace, bound to the namespace's address. Every client
 gets a file from its start (sample time 0 == file time 0), over RTP/UDP or
-RTP/TCP interleaved; a file mount ends with the file (RTCP BYE), a pattern
-mount never ends. Unknown mounts answer 404, a protected mount without or
-with wrong credentials 401.
+RTP/TCP interleaved; a file mount ends with the file (an RTCP BYE a second
+after the last packet), a pattern mount never ends. Unknown mounts answer
+404, a protected mount without or with wrong credentials 401.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class TaskStore:
 def _assemble(
     fields: dict[bytes, bytes], results: dict[bytes, bytes], has_snapshot: bool
 ) -> dict[str, Any]:
-    task = json.loads(fields[b"doc"])
+    task: dict[str, Any] = json.loads(fields[b"doc"])
     task["status"] = fields[b"status"].decode()
     task["updated_at"] = fields.get(b"updated_at", b"").decode() or None
     ordered = [json.loads(results[k]) for k in sorted(results, key=int)]

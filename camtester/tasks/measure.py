@@ -102,8 +102,8 @@ def _run(
     except SoftTimeLimitExceeded:
         # ffmpeg has been killed by the runner's `finally` on the way up.
         logger.warning("measurement ran past the soft time limit; stopped")
-        error = TargetTimeout("the measurement ran past the task's time limit")
-        return _failure_envelope(measurement, error)
+        late = TargetTimeout("the measurement ran past the task's time limit")
+        return _failure_envelope(measurement, late)
     except StoreUnavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure must become a result
@@ -111,10 +111,10 @@ def _run(
         # failed result instead of a task that stays `running` until it expires.
         # The traceback goes through mask_uri: its messages may quote the URI.
         logger.error("measurement broke:\n%s", mask_uri(traceback.format_exc()))
-        error = MeasurementInternal(
+        broke = MeasurementInternal(
             f"the worker could not measure: {type(exc).__name__}: {exc}"
         )
-        return _failure_envelope(measurement, error)
+        return _failure_envelope(measurement, broke)
 
     if restreamer and result["payload"] is not None:
         result["payload"]["restreamer"] = restreamer
@@ -152,8 +152,8 @@ class MeasureTask(Task):
     Celery calls `on_failure` in the pool process for an exception the task did
     not handle (a soft time limit outside the measurement, a store that stayed
     down through every retry), and in the worker's main process when the hard
-    time limit killed the pool process. The chain's aggregation never comes
-    then, so a failed result is sent to it here, unless a result is stored.
+    time limit killed the pool process. No aggregation comes then, so a failed
+    result is sent to it here for every subtask that has none stored.
     """
 
     def on_failure(
@@ -164,14 +164,24 @@ class MeasureTask(Task):
         kwargs: Any,
         einfo: ExceptionInfo,
     ) -> None:
-        if len(args) != 3:
-            return
+        error = _failure_for(exc)
+        for task_id, index, measurement in _subtasks_of(args):
+            with task_context(task_id, measurement["type"]):
+                if _has_result(task_id, index):
+                    continue
+                logger.error("subtask %d failed: %s", index, type(exc).__name__)
+                send_failure(task_id, index, measurement, error)
+
+
+def _subtasks_of(args: Any) -> list[tuple[str, int, dict[str, Any]]]:
+    """(task id, index, measurement) of a measurement's or a ping chunk's args."""
+    if len(args) == 3:
         task_id, index, measurement = args
-        with task_context(task_id, measurement["type"]):
-            if _has_result(task_id, index):
-                return
-            logger.error("subtask %d failed: %s", index, type(exc).__name__)
-            send_failure(task_id, index, measurement, _failure_for(exc))
+        return [(task_id, index, measurement)]
+    if len(args) == 1 and isinstance(args[0], list):
+        # camtester.ping_chunk: [(task id, plain ping task), ...]
+        return [(task_id, 0, task) for task_id, task in args[0]]
+    return []
 
 
 def _failure_for(exc: Exception) -> MeasurementError:

@@ -26,7 +26,7 @@ from camtester.settings import get_settings
 from camtester.store.claims import MAX_DELIVERIES, RunClaims, current_owner
 from camtester.tasks.aggregate import complete_result, deviation_store, log_stored
 from camtester.tasks.app import celery_app
-from camtester.tasks.measure import first_delivery, task_store
+from camtester.tasks.measure import MeasureTask, first_delivery, task_store
 
 logger = get_task_logger(__name__)
 
@@ -35,6 +35,7 @@ Item = tuple[str, dict[str, Any]]
 
 @celery_app.task(
     name="camtester.ping_chunk",
+    base=MeasureTask,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
