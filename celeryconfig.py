@@ -86,6 +86,8 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 task_routes = {"camtester.aggregate": {"queue": "results"}}
 task_default_queue = "results"
 
-# Flower shows tasks from these events.
+# Flower shows tasks from the workers' events. Messages the API publishes in
+# batches write no task-sent event (it would double the broker writes), so Flower
+# lists a task from the moment a worker receives it.
 worker_send_task_events = True
 task_send_sent_event = True

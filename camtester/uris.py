@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -23,9 +25,32 @@ MAX_URI_CHARS = 2048
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#]*@)")
 
 
+# A restreamer reads `rtsp://<host>/<url-safe base64 of the camera's URI>`: the
+# camera's credentials ride in that path, where _USERINFO cannot see them, so a
+# path that decodes to a URI is shown decoded, and masked.
+_RESTREAMED = re.compile(
+    r"(?P<prefix>rtsps?://[^/\s\"'<>]+/)(?P<token>[A-Za-z0-9_-]{8,}={0,2})"
+)
+
+
 def mask_uri(text: str) -> str:
     """Replace the user and password of every URI in `text` with `***`."""
+    return _mask_userinfo(_RESTREAMED.sub(_unwrap_restreamed, text))
+
+
+def _mask_userinfo(text: str) -> str:
     return _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+
+
+def _unwrap_restreamed(match: re.Match[str]) -> str:
+    token = match.group("token")
+    try:
+        decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return match.group(0)
+    if "://" not in decoded:
+        return match.group(0)
+    return f"{match.group('prefix')}[{_mask_userinfo(decoded)}]"
 
 
 def scheme_of(uri: str) -> str:

@@ -26,6 +26,7 @@ def run(
         timeout=120,
         cwd=REPO,
         env=environment,
+        check=False,
     )
 
 

@@ -74,7 +74,7 @@ def test_make_run_serves_the_printed_curl_and_stops_cleanly(tmp_path: Path) -> N
     try:
         banner = _read_until(make, r"Ctrl-C stops everything", timeout_s=240)
         token = re.search(r"export TOKEN=(\S+)", banner).group(1)
-        curl = re.search(r"(curl -s -X POST .*?-d '.*?')\n", banner, re.S).group(1)
+        curl = re.search(r"(curl -s -X POST .*?-d '.*?')\n", banner, re.DOTALL).group(1)
         spawned = _descendants(make.pid)
 
         answer = subprocess.run(

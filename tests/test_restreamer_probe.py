@@ -98,11 +98,6 @@ def test_without_restreamers_the_camera_is_read_directly(
     assert task["result"]["payload"]["video_frames"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mask_uri (camtester/uris.py) does not yet unwrap restreamer paths; "
-    "the error message and the worker's log quote the base64 of the credentials",
-)
 def test_a_failing_restreamer_shows_neither_the_password_nor_its_base64(
     api: ApiClient, stack: Stack, worker_factory: Any, gone_camera_uri: str
 ) -> None:

@@ -12,6 +12,14 @@ from camtester.errors import InvalidInput
 from camtester.store.deviations import DeviationStore
 from camtester.uris import mask_uri
 
+
+class NullableString(fields.String):
+    """A string field that may be null, as the OpenAPI spec must say."""
+
+    def schema(self) -> dict[str, Any]:
+        return {**super().schema(), "x-nullable": True}
+
+
 ns = Namespace("deviations", description="Deviation records with filters", path="/")
 
 deviation_model = ns.model(
@@ -33,7 +41,7 @@ page_model = ns.model(
     "DeviationPage",
     {
         "deviations": fields.List(fields.Nested(deviation_model)),
-        "next_cursor": fields.String(),
+        "next_cursor": NullableString(description="null on the last page"),
     },
 )
 
@@ -101,6 +109,7 @@ class Deviations(Resource):
 class TargetDeviations(Resource):
     @ns.expect(page_args, validate=False)
     @ns.response(200, "A page of records", page_model)
+    @ns.response(400, "A bad filter")
     def get(self, target: str) -> Any:
         """What has been wrong with this camera lately."""
         return _query(target)

@@ -91,5 +91,8 @@ def register(app: Flask, api: Api) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
+        # The route's rule, not the path: a path may carry a camera URI with
+        # its credentials (/targets/<uri>/deviations).
+        rule = request.url_rule.rule if request.url_rule else "-"
+        logger.exception("unhandled error on %s %s", request.method, rule)
         return {"message": "internal error"}, 500

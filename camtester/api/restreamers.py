@@ -36,6 +36,8 @@ def _store() -> RestreamerStore:
 @ns.route("/restreamers")
 class Restreamers(Resource):
     @ns.doc(params={"geo_location": "only this region"})
+    @ns.response(200, "The hosts per region")
+    @ns.response(400, "Bad region")
     def get(self) -> Any:
         """The registered hosts, per region."""
         geo = request.args.get("geo_location")
@@ -73,6 +75,8 @@ class Restreamer(Resource):
 @ns.route("/restreamers/lookup")
 class RestreamerLookup(Resource):
     @ns.doc(params={"geo_location": "region", "uri": "camera stream URI"})
+    @ns.response(200, "The host the URI maps to")
+    @ns.response(400, "Bad region or URI")
     @ns.response(404, "The region has no restreamers")
     def get(self) -> Any:
         """The restreamer a camera URI maps to in a region."""

@@ -224,7 +224,7 @@ class TaskResult(Resource):
 
 @ns.route("/tasks/<string:task_id>/snapshot.jpg")
 class TaskSnapshot(Resource):
-    @ns.produces(["image/jpeg"])
+    @ns.produces(["image/jpeg", "application/json"])
     @ns.response(200, "JPEG of the picture at mid-sample")
     @ns.response(404, "No snapshot (not a probe, no picture, or expired)")
     def get(self, task_id: str) -> Any:

@@ -70,7 +70,8 @@ class Stack:
         self.camera: CameraSimulator | None = None
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(VAR / "log" / f"{name}.log", "ab")
+        # Open for the life of the process; the child holds it after we exit.
+        log = open(VAR / "log" / f"{name}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
             argv,
             env=env,

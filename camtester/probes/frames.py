@@ -145,7 +145,11 @@ def _packet_line(line: str) -> Packet | None:
     flags = _PKT_FLAG_KEY
     for extra in fields[6:]:
         if extra.startswith("F="):
-            flags = int(extra.removeprefix("F="), 16)
+            # A pipe cut at its byte cap can end a line inside "F=0x..".
+            try:
+                flags = int(extra.removeprefix("F="), 16)
+            except ValueError:
+                return None
     dts = _int(fields[1])
     if dts == _NOPTS:
         dts = None

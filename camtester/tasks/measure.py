@@ -116,8 +116,11 @@ def _run(
         )
         return _failure_envelope(measurement, broke)
 
+    # The operator needs to know which restreamer answered, or failed to.
     if restreamer and result["payload"] is not None:
         result["payload"]["restreamer"] = restreamer
+    elif restreamer and result["error"] is not None:
+        result["error"]["restreamer"] = restreamer
     return {"result": result, "snapshot": encode_snapshot(snapshot)}
 
 
