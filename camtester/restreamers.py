@@ -7,15 +7,13 @@ The ring is keyed on the URI without its credentials, so a camera whose password
 changes keeps its restreamer.
 
 A restreamer reads the camera named by the path of `rtsp://<host>/<url-safe
-base64 of the original URI>`. That path carries the camera's credentials in a
-form `mask_uri` cannot see, so `mask_restreamed` exists for every text that may
-quote such a URI.
+base64 of the original URI>`. That path carries the camera's credentials;
+`camtester.uris.mask_uri` decodes such paths and masks what they carry.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import ipaddress
 import re
@@ -31,11 +29,6 @@ _NAME = re.compile(
 )
 _NAME_PORT = re.compile(r"^(?P<name>[^:\[\]]+)(:(?P<port>[0-9]{1,5}))?$")
 _V6_PORT = re.compile(r"^\[(?P<name>[0-9a-f:.]+)\](:(?P<port>[0-9]{1,5}))?$")
-
-# `rtsp://<host>/<token>` where the token may be a restreamed camera URI.
-_RESTREAMED = re.compile(
-    r"(?P<prefix>rtsps?://[^/\s\"']+/)(?P<token>[A-Za-z0-9_-]{8,}={0,2})"
-)
 
 #: Hosts per ring kept built; a region's ring is rebuilt only when its hosts change.
 RING_CACHE_SIZE = 64
@@ -96,20 +89,9 @@ def restreamed_uri(host: str, uri: str) -> str:
 
 
 def mask_restreamed(text: str) -> str:
-    """`mask_uri`, and restreamed URIs shown as the masked URI they carry.
+    """`mask_uri`, which also shows a restreamed URI as the masked URI it carries.
 
     `rtsp://rs-1:8554/<base64 of rtsp://admin:secret@cam/live>` becomes
     `rtsp://rs-1:8554/[rtsp://***@cam/live]`: readable, and without the secret.
     """
-    return mask_uri(_RESTREAMED.sub(_unwrap, text))
-
-
-def _unwrap(match: re.Match[str]) -> str:
-    token = match.group("token")
-    try:
-        decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return match.group(0)
-    if "://" not in decoded:
-        return match.group(0)
-    return f"{match.group('prefix')}[{mask_uri(decoded)}]"
+    return mask_uri(text)
