@@ -30,6 +30,11 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 
+# CAMTESTER_WORKER_CONCURRENCY sets the pool slots of workers started without -c;
+# 0 leaves Celery's own default (one slot per core).
+if _settings.worker_concurrency > 0:
+    worker_concurrency = _settings.worker_concurrency
+
 # Time limits (prefork pool; the threads pool cannot enforce them, and there
 # ffmpeg's own wall timeouts bound a task). At the soft limit the task stops its
 # ffmpeg and stores a timeout; at the hard limit the pool process is killed and
