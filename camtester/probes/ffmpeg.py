@@ -9,6 +9,7 @@ ffmpeg; only a bounded tail is kept for error messages.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ctypes
 import functools
@@ -16,6 +17,7 @@ import logging
 import math
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
@@ -369,6 +371,10 @@ def input_timed_out(line: str) -> bool:
     return "Connection timed out" in line or "Operation timed out" in line
 
 
+#: Seconds between two looks at the wall timeout, a stall and a stop request.
+_WAIT_STEP_S = 0.1
+
+
 def _wait(
     proc: subprocess.Popen[bytes],
     wall_timeout_s: float,
@@ -377,18 +383,55 @@ def _wait(
 ) -> str:
     """Wait for ffmpeg: "exited", "timeout", "stop" (asked for) or "stall"."""
     deadline = time.monotonic() + wall_timeout_s
-    while not tail.stop.is_set():
-        now = time.monotonic()
-        if now >= deadline:
-            return "timeout"
-        if stall_timeout_s is not None and tail.stalled_for(now) > stall_timeout_s:
-            return "stall"
-        try:
-            proc.wait(timeout=min(deadline - now, 0.1))
-            return "exited"
-        except subprocess.TimeoutExpired:
-            pass
+    with _exit_fd(proc) as pidfd:
+        while not tail.stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                return "timeout"
+            if stall_timeout_s is not None and tail.stalled_for(now) > stall_timeout_s:
+                return "stall"
+            if _exited_within(proc, pidfd, min(deadline - now, _WAIT_STEP_S)):
+                return "exited"
     return "stop"
+
+
+@contextlib.contextmanager
+def _exit_fd(proc: subprocess.Popen[bytes]) -> Iterator[int | None]:
+    """A pidfd of ffmpeg, readable once it has exited; None where there is none."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        # Before Linux 5.3 (or off Linux): Popen.wait's polling below.
+        yield None
+        return
+    try:
+        yield pidfd
+    finally:
+        os.close(pidfd)
+
+
+def _exited_within(
+    proc: subprocess.Popen[bytes], pidfd: int | None, timeout_s: float
+) -> bool:
+    """Whether ffmpeg exited within `timeout_s`; it has been reaped if so.
+
+    Popen.wait(timeout) polls waitpid with sleeps growing to 50 ms, so a run's
+    end was noticed up to 50 ms late; the pidfd wakes us the moment it exits.
+    """
+    if pidfd is None:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    # poll, not select: a worker with a hundred probes has fds past FD_SETSIZE.
+    watch = select.poll()
+    watch.register(pidfd, select.POLLIN)
+    if not watch.poll(max(0, math.ceil(timeout_s * 1000))):
+        return False
+    proc.wait()
+    return True
 
 
 def run_ffmpeg(
