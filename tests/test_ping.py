@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import select
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from camtester.errors import CamtesterError, InvalidInput
-from camtester.network import icmp_engine, icmp_wire
+from camtester.devtools.busy import busy_thread
+from camtester.errors import CamtesterError, InvalidInput, MeasurementInternal
+from camtester.network import icmp_process, icmp_wire
 from camtester.network.ping import ping_host, ping_many, validate_options
 
 
@@ -102,6 +108,84 @@ def test_fifty_threads_pinging_at_once_each_get_every_reply() -> None:
     for host in hosts:
         assert isinstance(results[host], dict), results[host]
         assert_clean_run(results[host], 20, host)
+
+
+def test_a_busy_thread_in_the_worker_does_not_stretch_the_pings() -> None:
+    # With the engine as a thread of the worker, one computing thread beside it
+    # made every send wait for the interpreter lock: this run took 103 s. Its
+    # nominal length is (count - 1) x interval + timeout; three times that is
+    # the bound ping_host documents with room for a loaded machine.
+    hosts = [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+    with busy_thread():
+        started = time.monotonic()
+        results = ping_many(hosts, count=20, interval_s=0.05, timeout_s=1.0)
+        wall_s = time.monotonic() - started
+
+    received = {h: r["packets_received"] for h, r in results.items()}
+    assert received == dict.fromkeys(hosts, 20)
+    assert wall_s < 3 * (19 * 0.05 + 1.0)
+
+
+def test_a_killed_engine_fails_its_pings_and_the_next_ping_starts_another() -> None:
+    engine = icmp_process.get_engine(socket.AF_INET)
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(ping_host("127.0.0.5", count=200, interval_s=0.01))
+        except CamtesterError as exc:  # the assertion below looks at it
+            outcome.append(exc)
+
+    pinging = threading.Thread(target=run)
+    pinging.start()
+    time.sleep(0.3)
+    os.kill(engine.pid, signal.SIGKILL)
+    pinging.join(timeout=30)
+
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], MeasurementInternal)
+    assert outcome[0].code == "internal"
+    assert_clean_run(ping_host("127.0.0.5", count=5, interval_s=0.01), 5, "127.0.0.5")
+    assert icmp_process.get_engine(socket.AF_INET).pid != engine.pid
+
+
+ORPHAN_CHECK = """
+import socket, sys, time
+from camtester.network import icmp_process
+from camtester.network.ping import ping_host
+ping_host("127.0.0.1", count=1)
+print(icmp_process.get_engine(socket.AF_INET).pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_engine_ends_when_its_worker_is_killed() -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_CHECK], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None
+        engine_pid = int(worker.stdout.readline())
+        assert _process_exists(engine_pid)
+        worker.kill()
+        worker.wait(timeout=10)
+
+        deadline = time.monotonic() + 10
+        while _process_exists(engine_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _process_exists(engine_pid)
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_two_runs_to_one_address_at_once_keep_their_replies_apart() -> None:
@@ -194,12 +278,21 @@ def _ones_complement_sum(data: bytes) -> int:
     return total
 
 
-def test_raw_ipv4_requests_carry_a_valid_checksum() -> None:
+@pytest.fixture
+def ipv4_channel() -> Iterator[icmp_wire.Channel]:
+    """An IPv4 ICMP socket of the test's own, identifier 0x1234."""
+    channel = icmp_wire.open_channel(socket.AF_INET, 0x1234)
+    yield channel
+    channel.owner.close()
+
+
+def test_raw_ipv4_requests_carry_a_valid_checksum(
+    ipv4_channel: icmp_wire.Channel,
+) -> None:
     # An RFC 1071 checksum makes the one's-complement sum of the packet 0xFFFF.
-    engine = icmp_engine.get_engine(socket.AF_INET)
-    if not engine.channel.privileged:
+    if not ipv4_channel.privileged:
         pytest.skip("the kernel fills the checksum on an unprivileged socket")
-    template = engine.template
+    template = icmp_wire.EchoTemplate(ipv4_channel, 0x1234)
 
     for sequence in (0, 1, 0x7FFF, 0xFFFF):
         packet = template.packet(sequence)
@@ -212,25 +305,26 @@ def test_raw_ipv4_requests_carry_a_valid_checksum() -> None:
         )
 
 
-def test_replies_to_other_programs_are_not_ours() -> None:
+def test_replies_to_other_programs_are_not_ours(
+    ipv4_channel: icmp_wire.Channel,
+) -> None:
     # Replies shaped as a raw IPv4 socket would see them (20-byte IP header first).
-    engine = icmp_engine.get_engine(socket.AF_INET)
-    if not engine.channel.privileged:
+    if not ipv4_channel.privileged:
         pytest.skip("only a raw socket sees other programs' replies")
-    template = engine.template
+    template = icmp_wire.EchoTemplate(ipv4_channel, 0x1234)
     ip_header = bytes([0x45]) + bytes(19)
 
     def reply(kind: int, identifier: int, payload: bytes) -> bytes:
         return ip_header + struct.pack("!BBHHH", kind, 0, 0, identifier, 7) + payload
 
     ours = reply(0, template.identifier, template.payload)
-    assert icmp_wire.parse_reply(engine.channel, template, ours) == 7
+    assert icmp_wire.parse_reply(ipv4_channel, template, ours) == 7
     other_id = reply(0, template.identifier ^ 1, template.payload)
-    assert icmp_wire.parse_reply(engine.channel, template, other_id) is None
+    assert icmp_wire.parse_reply(ipv4_channel, template, other_id) is None
     other_payload = reply(0, template.identifier, bytes(56))
-    assert icmp_wire.parse_reply(engine.channel, template, other_payload) is None
+    assert icmp_wire.parse_reply(ipv4_channel, template, other_payload) is None
     request = reply(8, template.identifier, template.payload)
-    assert icmp_wire.parse_reply(engine.channel, template, request) is None
+    assert icmp_wire.parse_reply(ipv4_channel, template, request) is None
 
 
 def _drain(channel: icmp_wire.Channel, template: icmp_wire.EchoTemplate) -> list[Any]:

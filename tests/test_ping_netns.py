@@ -97,7 +97,7 @@ def test_one_name_that_does_not_resolve_spoils_only_its_own_result(
 AS_NOBODY = """
     import encodings.idna, json, logging, os, pwd
     from camtester.errors import SetupError
-    from camtester.network import icmp_engine
+    from camtester.network import icmp_process
     from camtester.network.ping import ping_host, ping_many
 
     class Count(logging.Handler):
@@ -159,7 +159,7 @@ def test_unprivileged_worker_pings_where_the_group_range_allows(
     code = as_nobody("""
     import socket
     payload = ping_host("127.0.0.1", count=10, interval_s=0.01)
-    raw = icmp_engine.get_engine(socket.AF_INET).channel.privileged
+    raw = icmp_process.get_engine(socket.AF_INET).privileged
     print(json.dumps({"uid": os.getuid(), "payload": payload, "raw": raw}))
     """)
     sysctl(loopback_netns, "net.ipv4.ping_group_range=0 2147483647")

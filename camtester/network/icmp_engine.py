@@ -1,4 +1,4 @@
-"""One ICMP socket per address family per process, driven by one I/O thread.
+"""One ICMP socket per address family, driven by one I/O thread.
 
 A worker runs hundreds of ping tasks at once. One socket per task would not scale:
 every raw ICMP socket receives a copy of every echo reply on the host, so N sockets
@@ -7,6 +7,9 @@ has one `Engine`: callers register a `Session` and wait on it, and the engine's
 thread sends each session's requests on its schedule and matches every reply to
 (source address, identifier, sequence) as fping does, with the identifier left out
 on an unprivileged socket, where the kernel picks it and filters for us.
+
+The engine runs in a child process of the worker (`icmp_process`), where no other
+thread competes with it for the interpreter lock.
 
 NOTE: only the engine thread touches the socket, the heaps and the pending map;
 callers reach the engine through `submit`, which takes the lock.
@@ -23,9 +26,10 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from camtester.errors import MeasurementInternal, SetupError
+from camtester.errors import MeasurementInternal
 from camtester.network import icmp_wire
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,8 @@ class Session:
     rtts_ms: list[float] = field(default_factory=list)
     error: Exception | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    #: Called on the engine thread once the session is done, after `done` is set.
+    on_done: Callable[[Session], None] | None = None
     cancelled: bool = False
     # Engine-private from here on.
     start: float = 0.0
@@ -100,11 +106,14 @@ class Engine:
         return self.alive and time.monotonic() - self._last_turn < STALL_S
 
     def submit(self, session: Session) -> None:
-        """Hand a session to the engine thread; it starts sending at once."""
+        self.submit_many([session])
+
+    def submit_many(self, sessions: list[Session]) -> None:
+        """Hand sessions to the engine thread; it starts sending at once."""
         with self._lock:
             if self._stopped:
                 raise MeasurementInternal("the ICMP engine of this worker has stopped")
-            self._incoming.append(session)
+            self._incoming.extend(sessions)
             self._wake()
 
     def stop(self) -> None:
@@ -292,7 +301,7 @@ class Engine:
         for sequence in session.pending:
             self._pending.pop((session.address, sequence), None)
         session.pending.clear()
-        session.done.set()
+        _announce(session)
 
     def _shut_down(self) -> None:
         with self._lock:
@@ -303,56 +312,11 @@ class Engine:
             session.error = MeasurementInternal(
                 "the ICMP engine of this worker stopped"
             )
-            session.done.set()
+            _announce(session)
         self._active.clear()
 
 
-_registry_lock = threading.Lock()
-_engines: dict[int, Engine] = {}
-_setup_errors: dict[int, str] = {}
-
-
-def get_engine(family: int) -> Engine:
-    """The process's engine for `family`, started on first use.
-
-    A worker that may not send ICMP says so once in its log and then raises the
-    same SetupError for every task, instead of reporting every camera as lost.
-    """
-    with _registry_lock:
-        if family in _setup_errors:
-            raise SetupError(_setup_errors[family])
-        engine = _engines.get(family)
-        if engine is not None and engine.alive:
-            return engine
-        if engine is not None:
-            engine.stop()
-
-        identifier = random.getrandbits(16)
-        try:
-            channel = icmp_wire.open_channel(family, identifier)
-        except SetupError as exc:
-            _setup_errors[family] = str(exc)
-            logger.error("%s", exc)
-            raise
-        engine = _engines[family] = Engine(channel, identifier)
-        return engine
-
-
-def shutdown() -> None:
-    """Stop every engine and forget refusals; for tests and worker shutdown."""
-    with _registry_lock:
-        engines = list(_engines.values())
-        _engines.clear()
-        _setup_errors.clear()
-    for engine in engines:
-        engine.stop()
-
-
-def _forget_after_fork() -> None:
-    # A forked child has the parent's sockets but not its threads: start afresh.
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    _engines.clear()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
+def _announce(session: Session) -> None:
+    session.done.set()
+    if session.on_done is not None:
+        session.on_done(session)

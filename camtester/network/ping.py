@@ -1,7 +1,8 @@
 """Ping a camera's host: packet loss and round-trip times over ICMP echo.
 
-Every call goes through the process's shared ICMP engine (`icmp_engine`), so a
-worker running hundreds of pings at once keeps one socket per address family.
+Every call goes through the worker's shared ICMP engine (`icmp_engine`, run in a
+child process by `icmp_process`), so a worker running hundreds of pings at once
+keeps one socket per address family.
 
 Options, checked by `validate_options` (InvalidInput names the payload field):
 - `count`: 1 to 10000 requests.
@@ -35,7 +36,7 @@ from camtester.errors import (
     MeasurementInternal,
     TargetUnresolvable,
 )
-from camtester.network import icmp_engine
+from camtester.network import icmp_engine, icmp_process
 
 logger = logging.getLogger(__name__)
 
@@ -144,17 +145,23 @@ def ping_many(
     resolved = _resolve_all(names)
 
     # Every family needed must be usable before any run starts.
-    for family in {o[1] for o in resolved.values() if isinstance(o, tuple)}:
-        icmp_engine.get_engine(family)
+    families = {o[1] for o in resolved.values() if isinstance(o, tuple)}
+    engines = {family: icmp_process.get_engine(family) for family in families}
 
     started = time.monotonic()
     results: dict[str, dict[str, Any] | MeasurementError] = {}
-    runs: dict[str, tuple[icmp_engine.Engine, icmp_engine.Session]] = {}
+    runs: dict[str, tuple[icmp_process.EngineProcess, icmp_engine.Session]] = {}
     for name, outcome in resolved.items():
         if isinstance(outcome, MeasurementError):
             results[name] = outcome
         else:
-            runs[name] = _start(outcome, count, interval_s, timeout_s)
+            runs[name] = (
+                engines[outcome[1]],
+                _session(outcome, count, interval_s, timeout_s),
+            )
+    # One message per engine, so that every session starts on the same tick.
+    for engine in engines.values():
+        engine.submit_many([s for e, s in runs.values() if e is engine])
 
     for name, (engine, session) in runs.items():
         try:
@@ -190,19 +197,25 @@ def _is_address(name: str) -> bool:
     return True
 
 
+def _session(
+    resolved: Resolved, count: int, interval_s: float, timeout_s: float
+) -> icmp_engine.Session:
+    address, _, sockaddr = resolved
+    return icmp_engine.Session(address, sockaddr, count, interval_s, timeout_s)
+
+
 def _start(
     resolved: Resolved, count: int, interval_s: float, timeout_s: float
-) -> tuple[icmp_engine.Engine, icmp_engine.Session]:
-    address, family, sockaddr = resolved
-    engine = icmp_engine.get_engine(family)
-    session = icmp_engine.Session(address, sockaddr, count, interval_s, timeout_s)
+) -> tuple[icmp_process.EngineProcess, icmp_engine.Session]:
+    engine = icmp_process.get_engine(resolved[1])
+    session = _session(resolved, count, interval_s, timeout_s)
     engine.submit(session)
     return engine, session
 
 
 def _collect(
     name: str,
-    engine: icmp_engine.Engine,
+    engine: icmp_process.EngineProcess,
     session: icmp_engine.Session,
     started: float,
 ) -> dict[str, Any]:
