@@ -69,7 +69,7 @@ def result_of(
         outcome = _no_reply(measurement["target"], outcome)
 
     if isinstance(outcome, MeasurementError):
-        outcome.message = mask_uri(outcome.message)
+        result = failed_result(task_type, outcome, getattr(outcome, "payload", None))
         logger.warning(
             "%s of %s failed after %.1fs: %s %s",
             task_type,
@@ -78,10 +78,7 @@ def result_of(
             outcome.code,
             outcome.message,
         )
-        deviations = []
-        if not isinstance(outcome, WorkerCannotMeasure):
-            deviations = failure_deviations(task_type, outcome.code)
-        return failure(outcome, deviations, getattr(outcome, "payload", None))
+        return result
 
     options = measurement["options"]
     thresholds = merge_thresholds(settings.thresholds, options.get("thresholds"))
@@ -100,6 +97,21 @@ def result_of(
         len(deviations),
     )
     return success(outcome, deviations)
+
+
+def failed_result(
+    task_type: str, error: MeasurementError, payload: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The result of a measurement that could not be made, its message masked.
+
+    It carries its type's failure deviation, unless the worker itself could not
+    measure: then no camera is to blame.
+    """
+    error.message = mask_uri(error.message)
+    deviations = []
+    if not isinstance(error, WorkerCannotMeasure):
+        deviations = failure_deviations(task_type, error.code)
+    return failure(error, deviations, payload)
 
 
 def _dispatch(

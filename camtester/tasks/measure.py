@@ -16,7 +16,6 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.log import get_task_logger
 
-from camtester.analysis.deviations import failure_deviations
 from camtester.errors import (
     MeasurementError,
     MeasurementInternal,
@@ -24,9 +23,8 @@ from camtester.errors import (
     TargetTimeout,
 )
 from camtester.logs import task_context
-from camtester.measure import encode_snapshot, run_measurement
+from camtester.measure import encode_snapshot, failed_result, run_measurement
 from camtester.restreamers import pick_host, restreamed_uri
-from camtester.results import failure
 from camtester.settings import Settings, get_settings
 from camtester.store.claims import MAX_DELIVERIES, RunClaims, current_owner
 from camtester.store.restreamers import RestreamerStore
@@ -127,9 +125,7 @@ def _run(
 def _failure_envelope(
     measurement: dict[str, Any], error: MeasurementError
 ) -> dict[str, Any]:
-    error.message = mask_uri(error.message)
-    deviations = failure_deviations(measurement["type"], error.code)
-    return {"result": failure(error, deviations), "snapshot": None}
+    return {"result": failed_result(measurement["type"], error), "snapshot": None}
 
 
 def _through_restreamer(

@@ -19,9 +19,8 @@ from celery.utils.log import get_task_logger
 
 from camtester.errors import MeasurementInternal, SetupError, StoreUnavailable
 from camtester.logs import task_context
-from camtester.measure import Outcome, result_of, setup_failure
+from camtester.measure import Outcome, failed_result, result_of, setup_failure
 from camtester.network.ping import ping_many, validate_host
-from camtester.results import failure
 from camtester.settings import get_settings
 from camtester.store.claims import MAX_DELIVERIES, RunClaims, current_owner
 from camtester.tasks.aggregate import complete_result, deviation_store, log_stored
@@ -48,7 +47,7 @@ def ping_chunk(self: Task, items: list[Item]) -> None:
     attempt = int(self.request.retries or 0)
     todo, lost = _claim_all(items, attempt)
     settings = get_settings()
-    finished = [(task_id, task, failure(error, [])) for task_id, task, error in lost]
+    finished = [(i, task, failed_result("ping", error)) for i, task, error in lost]
 
     if todo:
         logger.info("pinging a chunk of %d hosts", len(todo))
