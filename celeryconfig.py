@@ -1,12 +1,13 @@
 """Celery's own settings for camtester; camtester's settings come from CAMTESTER_*."""
 
-import math
-import os
-
 import kombu.transport.redis
 
-from camtester.settings import SettingsError, get_settings
-from camtester.store.claims import hard_time_limit_s, soft_time_limit_s
+from camtester.settings import get_settings
+from camtester.store.claims import (
+    hard_time_limit_s,
+    soft_time_limit_s,
+    visibility_timeout_s,
+)
 
 _settings = get_settings()
 
@@ -43,29 +44,7 @@ task_soft_time_limit = soft_time_limit_s(_settings)
 task_time_limit = hard_time_limit_s(_settings)
 
 
-def _visibility_timeout_s() -> int:
-    """CAMTESTER_VISIBILITY_TIMEOUT_S, or twice the hard time limit.
-
-    NOTE: the Redis transport hands an unacknowledged message to another worker
-    once the visibility timeout passes. It must outlast the longest task the API
-    allows, or a slow task is delivered again while it still runs.
-    """
-    name = "CAMTESTER_VISIBILITY_TIMEOUT_S"
-    raw = os.environ.get(name, "").strip()
-    longest = math.ceil(task_time_limit)
-    if not raw:
-        return 2 * longest
-    if not raw.isdigit():
-        raise SettingsError(f"{name} must be a whole number of seconds, not {raw!r}")
-    if int(raw) <= longest:
-        raise SettingsError(
-            f"{name}={raw} must be longer than the longest task, {longest} s "
-            "(CAMTESTER_MAX_SAMPLE_DURATION_S and CAMTESTER_CONNECT_TIMEOUT_S)"
-        )
-    return int(raw)
-
-
-_visibility_s = _visibility_timeout_s()
+_visibility_s = visibility_timeout_s(_settings)
 broker_transport_options = {
     "visibility_timeout": _visibility_s,
     # Look for messages of dead workers every few seconds, not every 100 s

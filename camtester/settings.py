@@ -136,6 +136,9 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     #: Default Celery worker concurrency (pool slots).
     worker_concurrency: int = 0
+    #: Seconds before the broker hands an unacknowledged message to another
+    #: worker; 0: twice the longest a task may run (`store.claims`).
+    visibility_timeout_s: int = 0
     #: `text` or `json` (one JSON object per line).
     log_format: str = "text"
     log_level: str = "INFO"
@@ -179,6 +182,9 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
             worker_concurrency=_int(
                 env, "WORKER_CONCURRENCY", defaults.worker_concurrency
+            ),
+            visibility_timeout_s=_int(
+                env, "VISIBILITY_TIMEOUT_S", defaults.visibility_timeout_s
             ),
             log_format=_str(env, "LOG_FORMAT", defaults.log_format).lower(),
             log_level=_str(env, "LOG_LEVEL", defaults.log_level).upper(),

@@ -21,7 +21,7 @@ import socket
 import threading
 from typing import Any
 
-from camtester.settings import Settings
+from camtester.settings import Settings, SettingsError
 from camtester.store import keys
 from camtester.store.connection import store_errors
 
@@ -53,6 +53,25 @@ def soft_time_limit_s(settings: Settings) -> float:
 def hard_time_limit_s(settings: Settings) -> float:
     """After this long the pool process running a task is killed."""
     return soft_time_limit_s(settings) + HARD_LIMIT_GRACE_S
+
+
+def visibility_timeout_s(settings: Settings) -> int:
+    """The broker's visibility timeout: as set, or twice the hard time limit.
+
+    NOTE: the Redis transport hands an unacknowledged message to another worker
+    once the visibility timeout passes. It must outlast the longest task the API
+    allows, or a slow task is delivered again while it still runs.
+    """
+    longest = math.ceil(hard_time_limit_s(settings))
+    if settings.visibility_timeout_s == 0:
+        return 2 * longest
+    if settings.visibility_timeout_s <= longest:
+        raise SettingsError(
+            f"CAMTESTER_VISIBILITY_TIMEOUT_S={settings.visibility_timeout_s} must be "
+            f"longer than the longest task, {longest} s "
+            "(CAMTESTER_MAX_SAMPLE_DURATION_S and CAMTESTER_CONNECT_TIMEOUT_S)"
+        )
+    return settings.visibility_timeout_s
 
 
 def deliveries_key(task_id: str, index: int, attempt: int) -> str:
