@@ -3,6 +3,7 @@ nothing half-stored, and service again once they are back, without a restart."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -189,6 +190,33 @@ def test_healthz_names_the_broker_that_is_down(
     assert response.status_code == 503
     (down,) = response.get_json()["down"]
     assert down.startswith("broker default (redis://127.0.0.1:")
+
+
+@pytest.mark.parametrize("frozen", ["broker", "store"])
+def test_healthz_answers_503_when_redis_accepts_but_does_not_answer(
+    redis_factory: Any, frozen: str
+) -> None:
+    # A stopped redis-server still accepts connections (the kernel does): the
+    # check must give up on its own timeouts, well before gunicorn's 30 s
+    # worker timeout turns the answer into a 500.
+    store, broker = redis_factory(), redis_factory()
+    settings = Settings.from_env(service_env(store.url(0), broker.url(0)))
+    app = create_app(settings).test_client()
+    stopped = store if frozen == "store" else broker
+    assert stopped.process is not None
+    os.kill(stopped.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = app.get("/healthz")
+        answered_s = time.monotonic() - started
+    finally:
+        os.kill(stopped.process.pid, signal.SIGCONT)
+
+    assert response.status_code == 503
+    (down,) = response.get_json()["down"]
+    assert down.startswith(frozen)
+    assert answered_s < 15
+    assert app.get("/healthz").status_code == 200
 
 
 def test_a_message_of_a_withdrawn_task_is_dropped_by_the_worker(

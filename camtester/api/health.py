@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from flask import current_app
 from flask_restx import Namespace, Resource
 
@@ -19,13 +20,35 @@ BROKER_CHECK_TIMEOUT_S = 2.0
 
 
 def broker_answers(url: str) -> bool:
-    """Whether a broker accepts a connection within the check timeout."""
+    """Whether a broker answers within the check timeout."""
+    if url.startswith(("redis://", "rediss://")):
+        return _redis_answers(url)
     try:
         with celery_app.connection_for_write(url) as connection:
             connection.ensure_connection(max_retries=1, timeout=BROKER_CHECK_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - any failure to connect means "down"
         return False
     return True
+
+
+def _redis_answers(url: str) -> bool:
+    """A PING with a timeout on every socket operation.
+
+    NOTE: kombu's connection check bounds only the connect: a Redis that accepts
+    connections and then does not answer (stopped, or its host swapping) held
+    the check until gunicorn killed the API worker, and the client got a 500.
+    """
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=BROKER_CHECK_TIMEOUT_S,
+        socket_connect_timeout=BROKER_CHECK_TIMEOUT_S,
+    )
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
 
 
 @ns.route("/healthz")
