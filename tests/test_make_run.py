@@ -92,6 +92,11 @@ def test_make_run_serves_the_printed_curl_and_stops_cleanly(tmp_path: Path) -> N
         assert task["status"] == "done", task
         assert task["result"]["ok"] is True
         assert task["result"]["payload"]["video_frames"] > 0
+
+        # The worker's own figures count the probe it ran.
+        metrics_port = env["CAMTESTER_DEV_WORKER_METRICS_PORT"]
+        scrape = requests.get(f"http://127.0.0.1:{metrics_port}/", timeout=10).text
+        assert 'camtester_results_total{outcome="ok",type="probe"} 1.0' in scrape
     finally:
         os.killpg(make.pid, signal.SIGINT)
         make.wait(timeout=60)

@@ -30,6 +30,10 @@ BIN = Path(sys.executable).parent
 QUEUES = "local.ping,local.probe,local.check,results"
 
 
+#: Pool slots of the demo worker: pings, probes and checks at once.
+WORKER_SLOTS = 16
+
+
 def _port(name: str, default: int) -> int:
     return int(os.environ.get(f"CAMTESTER_DEV_{name}_PORT", default))
 
@@ -184,6 +188,12 @@ def _start_all(stack: Stack, env: dict[str, str], ports: dict[str, int]) -> None
             "worker",
             "-Q",
             QUEUES,
+            # The README's pool for pings and probes; its main process runs the
+            # tasks, so the worker's /metrics shows their figures.
+            "-P",
+            "threads",
+            "-c",
+            str(WORKER_SLOTS),
             "-n",
             "local@%h",
             "-l",
