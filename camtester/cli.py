@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ def _measure_and_print(task_type: str, target: str, payload: dict[str, Any]) -> 
 
     settings = get_settings()
     local_file = task_type != "ping" and Path(target).is_file()
+    if task_type != "ping" and not local_file and "://" not in target:
+        raise click.UsageError(f"SOURCE {target!r} is no stream URI and no file here")
     target_key = "host" if task_type == "ping" else "uri"
     # The API never reads files; here the user names a file of their own. Its
     # options are checked as for a stream, then the path becomes the target.
@@ -53,7 +56,7 @@ def _measure_and_print(task_type: str, target: str, payload: dict[str, Any]) -> 
             task_type, {**payload, target_key: checked_target}, settings, "option"
         )
     except InvalidInput as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(_command_terms(str(exc))) from exc
     if local_file:
         measurement["target"] = str(Path(target).resolve())
 
@@ -65,14 +68,26 @@ def _measure_and_print(task_type: str, target: str, payload: dict[str, Any]) -> 
     sys.exit(0 if result["ok"] else 1)
 
 
-def _thresholds_option(value: str | None) -> dict[str, Any]:
+def _command_terms(message: str) -> str:
+    """A validation message written for the API, naming this command's arguments."""
+    message = message.replace("option.payload.uri", "SOURCE")
+    message = message.replace("option.payload.host", "HOST")
+    return re.sub(r"option\.payload\.(\w+)", r"--\1", message)
+
+
+def _json_option(name: str, value: str | None) -> dict[str, Any]:
+    """{name: the parsed JSON} of an option given, {} of one left out."""
     if not value:
         return {}
     try:
         parsed = json.loads(value)
     except ValueError as exc:
-        raise click.BadParameter("must be a JSON object") from exc
-    return {"thresholds": parsed}
+        raise click.BadParameter(f"--{name} must be a JSON object") from exc
+    return {name: parsed}
+
+
+def _thresholds_option(value: str | None) -> dict[str, Any]:
+    return _json_option("thresholds", value)
 
 
 @main.command("ping")
@@ -112,8 +127,7 @@ def _stream_command(task_type: str) -> Any:
         }
         if duration is not None:
             payload["duration"] = duration
-        if expected:
-            payload["expected"] = json.loads(expected)
+        payload.update(_json_option("expected", expected))
         _measure_and_print(task_type, source, payload)
 
     return command
@@ -129,7 +143,10 @@ main.command(
 
 @main.command("token")
 @click.option(
-    "--ttl", type=int, default=None, help="seconds; default CAMTESTER_TOKEN_TTL_S"
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=None,
+    help="seconds; default CAMTESTER_TOKEN_TTL_S",
 )
 def token_command(ttl: int | None) -> None:
     """Print a bearer token for the configured CAMTESTER_JWT_SECRET."""
@@ -137,7 +154,10 @@ def token_command(ttl: int | None) -> None:
 
     settings = get_settings()
     if not settings.jwt_secret:
-        raise click.ClickException("CAMTESTER_JWT_SECRET is not set")
+        raise click.ClickException(
+            "CAMTESTER_JWT_SECRET is not set (make run keeps its secret in "
+            "var/jwt-secret: CAMTESTER_JWT_SECRET=$(cat var/jwt-secret))"
+        )
     click.echo(issue_token(settings.jwt_secret, ttl or settings.token_ttl_s))
 
 

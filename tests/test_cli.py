@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jwt
+import pytest
 
 from tests.fixtures.services import JWT_SECRET, REPO
 
@@ -68,6 +69,30 @@ def test_bad_option_is_a_usage_error_naming_it() -> None:
     assert "count" in completed.stderr
 
 
+def test_a_source_that_is_no_uri_and_no_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.mp4"
+
+    completed = run("probe", str(missing), "--duration", "2")
+
+    assert completed.returncode == 2
+    assert f"SOURCE '{missing}' is no stream URI and no file here" in completed.stderr
+
+
+def test_a_bad_option_is_named_as_the_command_spells_it() -> None:
+    completed = run("ping", "127.0.0.1", "--count", "0")
+
+    assert completed.returncode == 2
+    assert "Error: --count must be between 1 and 10000" in completed.stderr
+
+
+def test_an_expected_profile_that_is_not_json_is_a_usage_error() -> None:
+    completed = run("probe", "rtsp://127.0.0.1:1/x", "--expected", "{bad")
+
+    assert completed.returncode == 2
+    assert "--expected must be a JSON object" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
 def test_token_is_signed_with_the_configured_secret() -> None:
     completed = run("token", CAMTESTER_JWT_SECRET=JWT_SECRET)
 
@@ -76,11 +101,21 @@ def test_token_is_signed_with_the_configured_secret() -> None:
     assert claims["exp"] > claims["iat"]
 
 
+@pytest.mark.parametrize("ttl", ["0", "-5"])
+def test_a_token_that_could_never_be_used_is_refused(ttl: str) -> None:
+    completed = run("token", "--ttl", ttl, CAMTESTER_JWT_SECRET=JWT_SECRET)
+
+    assert completed.returncode == 2
+    assert "--ttl" in completed.stderr
+    assert completed.stdout == ""
+
+
 def test_token_without_a_secret_says_so() -> None:
     completed = run("token")
 
     assert completed.returncode == 1
     assert "CAMTESTER_JWT_SECRET" in completed.stderr
+    assert "var/jwt-secret" in completed.stderr
 
 
 def test_zscore_calibrate_flags_the_one_spike() -> None:
