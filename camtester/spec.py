@@ -53,9 +53,11 @@ def validate_task(raw: Any, settings: Settings, field: str = "task") -> dict[str
 
 def validate_geo(geo: Any, field: str) -> str:
     """A region name: it becomes the first part of queue names."""
+    if geo is None:
+        raise InvalidInput(f"{field} is required")
     if not isinstance(geo, str) or not _GEO.match(geo):
         raise InvalidInput(
-            f"{field} is required: lower-case letters, digits, '-' or '_'"
+            f"{field} must be a region name: lower-case letters, digits, '-' or '_'"
         )
     return geo
 
@@ -114,7 +116,9 @@ def validate_measurement(
 def _allowed_keys(task_type: str) -> set[str]:
     if task_type == "ping":
         return {"host", "count", "interval", "timeout", "thresholds"}
-    return {"uri", "duration", "transport", "thresholds", "expected"}
+    stream = {"uri", "duration", "transport", "thresholds"}
+    # Only a probe decodes enough to compare the stream with a profile.
+    return stream | {"expected"} if task_type == "probe" else stream
 
 
 def validate_host(host: str, field: str) -> str:

@@ -110,6 +110,18 @@ BAD_TASKS = [
         },
         "duration",
     ),
+    (
+        {
+            "type": "check",
+            "geo_location": "local",
+            "payload": {"uri": "rtsp://h/x", "expected": {"codec": "h264"}},
+        },
+        "task.payload.expected is not an option",
+    ),
+    (
+        {"type": "ping", "geo_location": "mos cow", "payload": "127.0.0.1"},
+        "task.geo_location must be a region name",
+    ),
 ]
 
 
