@@ -182,3 +182,20 @@ def test_swagger_ui_and_spec_are_served(stack: Stack) -> None:
     spec = requests.get(stack.api.url + "/swagger.json", timeout=10).json()
     assert "/tasks" in spec["paths"]
     assert "/tasks-batch" in spec["paths"]
+
+
+def test_the_spec_declares_401_and_503_wherever_a_token_is_needed(
+    stack: Stack,
+) -> None:
+    spec = requests.get(stack.api.url + "/swagger.json", timeout=10).json()
+    open_paths = {"/healthz", "/metrics"}
+
+    missing = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method == "parameters" or path in open_paths:
+                continue
+            if not {"401", "503"} <= set(operation["responses"]):
+                missing.append(f"{method.upper()} {path}")
+    assert missing == []
+    assert "413" in spec["paths"]["/tasks"]["post"]["responses"]

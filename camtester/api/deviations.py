@@ -8,6 +8,7 @@ from typing import Any
 from flask import current_app, request
 from flask_restx import Namespace, Resource, fields
 
+from camtester.api.errors import COMMON_RESPONSES
 from camtester.errors import InvalidInput
 from camtester.store.deviations import DeviationStore
 from camtester.uris import mask_uri
@@ -96,6 +97,7 @@ def _query(target: str | None) -> dict[str, Any]:
 
 
 @ns.route("/deviations")
+@ns.doc(responses=COMMON_RESPONSES)
 class Deviations(Resource):
     @ns.expect(filters, validate=False)
     @ns.response(200, "A page of records", page_model)
@@ -106,6 +108,7 @@ class Deviations(Resource):
 
 
 @ns.route("/targets/<path:target>/deviations")
+@ns.doc(responses=COMMON_RESPONSES)
 class TargetDeviations(Resource):
     @ns.expect(page_args, validate=False)
     @ns.response(200, "A page of records", page_model)

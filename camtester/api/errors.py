@@ -19,6 +19,12 @@ from camtester.errors import (
 
 logger = logging.getLogger(__name__)
 
+#: Answers every operation behind the bearer token may give besides its own.
+COMMON_RESPONSES = {
+    401: "No valid bearer token",
+    503: "The store or a broker does not answer; `unavailable` names which",
+}
+
 
 class _BoundedJsonProvider(DefaultJSONProvider):
     """Flask's JSON, except that a body nested too deeply is malformed JSON.

@@ -7,6 +7,7 @@ from typing import Any
 from flask import current_app, request
 from flask_restx import Namespace, Resource, fields
 
+from camtester.api.errors import COMMON_RESPONSES
 from camtester.errors import InvalidInput, NotFound
 from camtester.restreamers import pick_host, validate_restreamer_host
 from camtester.spec import validate_geo
@@ -34,6 +35,7 @@ def _store() -> RestreamerStore:
 
 
 @ns.route("/restreamers")
+@ns.doc(responses=COMMON_RESPONSES)
 class Restreamers(Resource):
     @ns.doc(params={"geo_location": "only this region"})
     @ns.response(200, "The hosts per region")
@@ -62,6 +64,7 @@ class Restreamers(Resource):
 
 
 @ns.route("/restreamers/<string:geo_location>/<string:host>")
+@ns.doc(responses=COMMON_RESPONSES)
 class Restreamer(Resource):
     @ns.response(204, "Removed")
     @ns.response(404, "Was not registered")
@@ -73,6 +76,7 @@ class Restreamer(Resource):
 
 
 @ns.route("/restreamers/lookup")
+@ns.doc(responses=COMMON_RESPONSES)
 class RestreamerLookup(Resource):
     @ns.doc(params={"geo_location": "region", "uri": "camera stream URI"})
     @ns.response(200, "The host the URI maps to")

@@ -11,6 +11,7 @@ from flask import Response, current_app, request
 from flask_restx import Namespace, Resource, fields
 
 from camtester import metrics
+from camtester.api.errors import COMMON_RESPONSES
 from camtester.errors import BrokerUnavailable, InvalidInput, NotFound, TooLarge
 from camtester.results import utc_now_iso
 from camtester.settings import Settings
@@ -129,10 +130,12 @@ def submit(tasks: list[dict[str, Any]]) -> list[str]:
 
 
 @ns.route("/tasks")
+@ns.doc(responses=COMMON_RESPONSES)
 class Tasks(Resource):
     @ns.expect(task_input, validate=False)
     @ns.response(202, "Accepted", accepted)
     @ns.response(400, "Bad input; the message names the field")
+    @ns.response(413, "A body larger than the API reads")
     def post(self) -> Any:
         """Validate, store and queue one task."""
         task = validate_task(_json_body(), _settings())
@@ -172,6 +175,7 @@ def validate_batch(body: list[Any], settings: Settings) -> list[dict[str, Any]]:
 
 
 @ns.route("/tasks-batch")
+@ns.doc(responses=COMMON_RESPONSES)
 class TaskBatch(Resource):
     @ns.expect([task_input], validate=False)
     @ns.response(202, "Accepted", batch_accepted)
@@ -195,6 +199,7 @@ def _load(task_id: str) -> dict[str, Any]:
 
 
 @ns.route("/tasks/<string:task_id>")
+@ns.doc(responses=COMMON_RESPONSES)
 class TaskItem(Resource):
     @ns.response(200, "The task", task_model)
     @ns.response(404, "Unknown or expired")
@@ -207,6 +212,7 @@ class TaskItem(Resource):
 
 
 @ns.route("/tasks/<string:task_id>/result")
+@ns.doc(responses=COMMON_RESPONSES)
 class TaskResult(Resource):
     @ns.response(200, "The result, or the list of a complex task's results")
     @ns.response(404, "No result yet, or unknown task")
@@ -223,6 +229,7 @@ class TaskResult(Resource):
 
 
 @ns.route("/tasks/<string:task_id>/snapshot.jpg")
+@ns.doc(responses=COMMON_RESPONSES)
 class TaskSnapshot(Resource):
     @ns.produces(["image/jpeg", "application/json"])
     @ns.response(200, "JPEG of the picture at mid-sample")
