@@ -195,6 +195,37 @@ def test_a_query_reads_only_the_records_of_its_index(redis_factory: Any) -> None
     assert not any(name in stats for name in ("cmdstat_scan", "cmdstat_keys"))
 
 
+def test_the_last_page_of_a_combined_filter_has_no_cursor(redis_factory: Any) -> None:
+    # The kind filter is applied to the target's index: records of other kinds
+    # after the last match must not promise another page.
+    server = redis_factory()
+    store = DeviationStore(Settings(redis_url=server.url(0)))
+    store.add([record("cam.example", "black", 10, "new", 0)])
+    store.add([record("cam.example", "freeze", s, "old", s) for s in range(5)])
+
+    found, cursor = store.query(target="cam.example", kind="black", limit=1)
+
+    assert [r["id"] for r in found] == ["new-0"]
+    assert cursor is None
+
+
+def test_a_cursor_of_a_combined_filter_leads_to_the_next_match(
+    redis_factory: Any,
+) -> None:
+    server = redis_factory()
+    store = DeviationStore(Settings(redis_url=server.url(0)))
+    black = [record("cam.example", "black", s, "b", s) for s in (1, 3, 5)]
+    freeze = [record("cam.example", "freeze", s, "f", s) for s in (2, 4, 6)]
+    store.add(black + freeze)
+
+    first, cursor = store.query(target="cam.example", kind="black", limit=2)
+    rest, last = store.query(target="cam.example", kind="black", limit=2, cursor=cursor)
+
+    assert [r["id"] for r in first] == ["b-5", "b-3"]
+    assert [r["id"] for r in rest] == ["b-1"]
+    assert last is None
+
+
 def test_credentials_never_reach_a_record_a_response_or_a_log(
     api: ApiClient, stack: Stack, logs_dir: Any
 ) -> None:

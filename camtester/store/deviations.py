@@ -91,15 +91,17 @@ class DeviationStore:
         found: list[dict[str, Any]] = []
         next_cursor: str | None = None
         with store_errors(self.settings.redis_url):
-            for member, score, position in self._walk(index_key, max_score, since_ms):
+            for record, score, position in self._walk(index_key, max_score, since_ms):
                 if score == max_score and position < skip:
                     continue
+                if not all(v is None or record.get(k) == v for k, v in wanted.items()):
+                    continue
+                # A cursor only where another matching record follows, so that
+                # the last page says it is the last.
                 if len(found) == limit:
                     next_cursor = f"{score}:{position}"
                     break
-                record = member
-                if all(v is None or record.get(k) == v for k, v in wanted.items()):
-                    found.append(record)
+                found.append(record)
         return found, next_cursor
 
     def _walk(self, index_key: str, max_score: int | None, since_ms: int | None) -> Any:
