@@ -226,6 +226,8 @@ def api_command(bind: str, workers: int, gunicorn_args: tuple[str, ...]) -> None
         str(workers),
         "--logger-class",
         "camtester.logs.GunicornLogger",
+        # Its default path is one per user, shared by every gunicorn there.
+        "--no-control-socket",
         *gunicorn_args,
         "wsgi:app",
     ]

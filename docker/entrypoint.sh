@@ -37,6 +37,7 @@ case "$role" in
             --workers "${CAMTESTER_API_WORKERS:-2}" \
             --threads "${CAMTESTER_API_THREADS:-4}" \
             --logger-class camtester.logs.GunicornLogger \
+            --no-control-socket \
             "$@" wsgi:app
         ;;
     worker)

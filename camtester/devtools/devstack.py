@@ -227,6 +227,8 @@ def _start_all(stack: Stack, env: dict[str, str], ports: dict[str, int]) -> None
             "2",
             "--logger-class",
             "camtester.logs.GunicornLogger",
+            # Its default path is one per user, shared by every gunicorn there.
+            "--no-control-socket",
             "wsgi:app",
         ],
         {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
