@@ -88,6 +88,19 @@ def test_removing_an_unknown_host_is_404(api: ApiClient, region: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "field"),
+    [("BAD/rs-1.example", "geo_location"), ("north/rs-1:99999", "host")],
+)
+def test_removing_with_a_malformed_region_or_host_is_400(
+    api: ApiClient, path: str, field: str
+) -> None:
+    response = api.delete(f"/restreamers/{path}")
+
+    assert response.status_code == 400
+    assert field in response.json()["message"]
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"geo_location": "Bad Region", "host": "rs-1.example"}, "geo_location"),

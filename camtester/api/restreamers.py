@@ -67,11 +67,14 @@ class Restreamers(Resource):
 @ns.doc(responses=COMMON_RESPONSES)
 class Restreamer(Resource):
     @ns.response(204, "Removed")
+    @ns.response(400, "Bad region or host")
     @ns.response(404, "Was not registered")
     def delete(self, geo_location: str, host: str) -> Any:
         """Remove a host from a region."""
-        if not _store().remove(geo_location, host.strip().lower()):
-            raise NotFound(f"{host} is not a restreamer of {geo_location}")
+        geo = validate_geo(geo_location, "geo_location")
+        host = validate_restreamer_host(host)
+        if not _store().remove(geo, host):
+            raise NotFound(f"{host} is not a restreamer of {geo}")
         return "", 204
 
 
