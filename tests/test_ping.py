@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -177,6 +178,47 @@ def test_the_engine_ends_when_its_worker_is_killed() -> None:
     finally:
         worker.kill()
         worker.wait(timeout=10)
+
+
+WARM_SHUTDOWN = """
+import json, signal, sys, threading
+from camtester.network.ping import ping_host
+ping_host("127.0.0.1", count=1)
+result = []
+pinging = threading.Thread(
+    target=lambda: result.append(ping_host("127.0.0.6", count=40, interval_s=0.05))
+)
+# As Celery's warm shutdown does on either signal: finish what runs.
+signal.signal(signal.SIGTERM, lambda *_: None)
+signal.signal(signal.SIGINT, lambda *_: None)
+pinging.start()
+print("pinging", flush=True)
+pinging.join()
+print(json.dumps(result[0]), flush=True)
+"""
+
+
+def test_a_stop_signal_to_the_worker_group_lets_running_pings_finish() -> None:
+    # systemd and Ctrl-C signal the whole process group, the engine child too;
+    # a worker in warm shutdown finishes its tasks, so the child must go on.
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WARM_SHUTDOWN],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "pinging"
+        time.sleep(0.5)
+        os.killpg(worker.pid, signal.SIGTERM)
+        os.killpg(worker.pid, signal.SIGINT)
+        payload = json.loads(worker.stdout.readline())
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
+
+    assert (payload["packets_sent"], payload["packets_received"]) == (40, 40)
 
 
 def _process_exists(pid: int) -> bool:

@@ -212,11 +212,13 @@ def _fork_child(conn: Connection, parent_end: Connection, family: int) -> int:
 
     status = 1
     try:
-        # The worker's own handlers (Celery's shutdown on SIGTERM) are not ours;
-        # Ctrl-C reaches the whole process group, and the worker's exit is what
-        # ends the child.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # A stop signal to the worker's process group (Ctrl-C, systemd, kill
+        # of the group) reaches the child too; a worker in warm shutdown still
+        # finishes its running pings, so the child leaves only when the worker
+        # does, and it sees that as the end of its connection.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         _serve(conn, parent_end, family)
         status = 0
     except BaseException:  # The child must never return into the worker's code.
