@@ -67,7 +67,11 @@ class EngineProcess:
         child_conn.close()
         self.exit_status: int | None = None
 
+        # Two locks: the reader must never wait for a send, or a child blocked
+        # sending results and a worker blocked sending sessions would wait on
+        # each other once both socket buffers are full.
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._sessions: dict[int, Session] = {}
         self._numbers = itertools.count()
         self._stopped = False
@@ -111,23 +115,27 @@ class EngineProcess:
                         session.timeout_s,
                     )
                 )
-            try:
+
+        try:
+            with self._send_lock:
                 self._conn.send(("start", entries))
-            except OSError as exc:
+        except OSError as exc:
+            with self._lock:
                 for number, *_ in entries:
                     self._sessions.pop(number, None)
-                raise MeasurementInternal(
-                    f"the ICMP engine of this worker cannot be reached: {exc}"
-                ) from exc
+            raise MeasurementInternal(
+                f"the ICMP engine of this worker cannot be reached: {exc}"
+            ) from exc
 
     def stop(self) -> None:
         """End the child; sessions still running fail with MeasurementInternal."""
         with self._lock:
             self._stopped = True
-            try:
+        try:
+            with self._send_lock:
                 self._conn.send(("stop",))
-            except OSError:
-                pass  # The child is gone already.
+        except OSError:
+            pass  # The child is gone already.
         self._reader.join(STOP_WAIT_S)
         if self._reader.is_alive():
             logger.warning("ICMP engine process did not stop; killing it")
