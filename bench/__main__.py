@@ -1,4 +1,4 @@
-"""Run every benchmark module of bench/ (or the ones named): `python -m bench [NAME ...]`.
+"""Run every benchmark module of bench/, or the ones named: `python -m bench [NAME]`.
 
 A benchmark is a module `bench/<name>.py` with a `main()`; modules whose names
 start with "_" are shared code. Each `main()` runs with its defaults: its options

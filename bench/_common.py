@@ -158,7 +158,7 @@ class BenchStack:
         return self.redis_server.client(0)
 
     def cpu_by_part(self) -> dict[str, float]:
-        """CPU seconds so far of the API, redis-server and each worker (with children)."""
+        """CPU seconds so far of the API, redis-server, each worker and its children."""
         parts = {
             "api": self.api_server.process,
             "redis": self.redis_server.process,
@@ -171,7 +171,7 @@ class BenchStack:
 def bench_stack(
     workers: Sequence[WorkerSpec], extra_env: dict[str, str] | None = None
 ) -> Iterator[BenchStack]:
-    """redis-server (store db 0, broker db 1), the workers, gunicorn; all stopped after."""
+    """redis-server (store db 0, broker db 1), workers, gunicorn; all stopped after."""
     directory = Path(tempfile.mkdtemp(prefix="ct-bench-"))
     started: list[BenchWorker] = []
     api_server: ApiServer | None = None

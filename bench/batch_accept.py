@@ -139,7 +139,8 @@ def run(count: int, rounds: int) -> float:
             raw.append(raw_round(stack, count, size))
             stack.store.flushall()
             print(
-                f"round {n + 1}: API {api[-1].wall_s:.3f} s ({api[-1].cpu_s:.2f} CPU s), "
+                f"round {n + 1}: API {api[-1].wall_s:.3f} s "
+                f"({api[-1].cpu_s:.2f} CPU s), "
                 f"raw {raw[-1].wall_s:.3f} s ({raw[-1].cpu_s:.2f} CPU s), "
                 f"{size} B/task"
             )

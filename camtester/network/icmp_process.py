@@ -11,11 +11,12 @@ forked child that does nothing else; the worker sends it sessions and receives
 each session's figures, a few small messages per chunk of targets.
 
 Fork, not spawn: the child starts with what the worker has imported, so it needs
-no access to the installation (nothing here imports lazily), and a worker that dropped its privileges after
-start-up still starts its engine (the kernel checks them when the socket opens,
-in the child). The child runs only the engine, no Celery, store or metrics, so
-fork's known hazard, a lock another thread held at the moment of the fork, does
-not reach it: logging re-creates its locks in a forked child.
+no access to the installation (nothing here imports lazily), and a worker that
+dropped its privileges after start-up still starts its engine (the kernel checks
+them when the socket opens, in the child). The child runs only the engine, no
+Celery, store or metrics, so fork's known hazard, a lock another thread held at
+the moment of the fork, does not reach it: logging re-creates its locks in a
+forked child.
 """
 
 from __future__ import annotations

@@ -662,7 +662,7 @@ def classify_failure(
 def raise_for_failure(
     run: FfmpegRun, uri: str, *, connect_timeout_s: float | None = None
 ) -> None:
-    """Raise the MeasurementError (or SetupError) that fits a failed run; else nothing."""
+    """Raise the MeasurementError (or SetupError) fitting a failed run; else nothing."""
     if run.ok:
         return
     raise classify_failure(run, uri, connect_timeout_s=connect_timeout_s)
