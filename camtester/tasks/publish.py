@@ -195,6 +195,7 @@ class _MessageMaker:
         self.ignore_result = celery_app.conf.task_ignore_result
         self.serializer = celery_app.conf.task_serializer
         self.declared: set[str] = set()
+        self.limits: dict[str, dict[str, Any]] = {}
 
     def make(self, task_id: str, index: int, task: dict[str, Any]) -> tuple[str, Any]:
         """The queue and the message of subtask `index` of `task`."""
@@ -213,8 +214,23 @@ class _MessageMaker:
             kwargsrepr="{}",
             origin=self.origin,
             ignore_result=self.ignore_result,
+            **self._time_limits(measure.task),
         )
         return queue, self._prepare(headers, properties, body)
+
+    def _time_limits(self, task_name: str) -> dict[str, Any]:
+        """The limits `apply_async` writes into a message: those of the task when
+        this process has it registered (a worker, a test), else none (the API),
+        so that the worker applies its own."""
+        limits = self.limits.get(task_name)
+        if limits is None:
+            task = celery_app.tasks.get(task_name)
+            limits = {
+                "time_limit": getattr(task, "time_limit", None),
+                "soft_time_limit": getattr(task, "soft_time_limit", None),
+            }
+            self.limits[task_name] = limits
+        return limits
 
     def _declare(self, queue: str) -> None:
         if queue not in self.declared:
@@ -245,6 +261,7 @@ class _MessageMaker:
             kwargsrepr="{}",
             origin=self.origin,
             ignore_result=self.ignore_result,
+            **self._time_limits(signature.task),
         )
         return self._prepare(headers, properties, body)
 
