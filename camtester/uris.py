@@ -1,4 +1,4 @@
-"""Stream URIs: which schemes a task may name, and how credentials are kept out of sight."""
+"""Stream URIs: the schemes a task may name, and credentials kept out of sight."""
 
 from __future__ import annotations
 

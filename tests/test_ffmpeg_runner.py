@@ -52,7 +52,8 @@ def ffmpeg_children() -> set[int]:
 
 @pytest.fixture(autouse=True)
 def no_ffmpeg_left() -> Iterator[None]:
-    """After each test, no ffmpeg started by this process may be left, not even a zombie."""
+    """After each test, no ffmpeg this process started may be left, not even a
+    zombie."""
     before = ffmpeg_children()
     yield
     assert ffmpeg_children() - before == set()

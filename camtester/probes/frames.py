@@ -40,7 +40,8 @@ class FrameRecord:
 
 
 def parse_metadata_print(text: str) -> list[FrameRecord]:
-    """The frames of a `metadata=mode=print` output, in order; frames without pts dropped."""
+    """The frames of a `metadata=mode=print` output, in order, those without pts
+    dropped."""
     frames: list[FrameRecord] = []
     current: FrameRecord | None = None
     for line in text.splitlines():

@@ -2,10 +2,10 @@
 
 Plain ping tasks travel in chunks, many pings to a message (`camtester.ping_chunk`,
 see tasks/ping_chunk.py). Every other measurement travels as a two-step chain:
-`camtester.<type>` on `<geo>.<type>`, then `camtester.aggregate` on `results`. The chain is written into
-the measurement's own message (its `chain` option), which is how Celery encodes
-`measure | aggregate`; a worker runs the measurement and sends the aggregation
-with its return value, as for any chain.
+`camtester.<type>` on `<geo>.<type>`, then `camtester.aggregate` on `results`.
+The chain is written into the measurement's own message (its `chain` option),
+which is how Celery encodes `measure | aggregate`; a worker runs the measurement
+and sends the aggregation with its return value, as for any chain.
 
 A batch of 10,000 tasks must not cost 10,000 round trips, nor Celery's per-message
 publishing machinery (about half a millisecond a message). So the messages are
