@@ -202,21 +202,33 @@ class _MessageMaker:
         measure, aggregate = measurement_steps(task_id, index, task)
         queue = measure.options["queue"]
         self._declare(queue)
+        return queue, self._message(measure, chain=[aggregate])
 
+    def make_ping_chunk(
+        self, queue: str, chunk: list[tuple[str, dict[str, Any]]]
+    ) -> Any:
+        """The message of one ping chunk, with no chain: it stores its results."""
+        self._declare(queue)
+        return self._message(ping_chunk_signature(queue, chunk))
+
+    def _message(
+        self, signature: Signature, chain: list[Signature] | None = None
+    ) -> Any:
+        """The transport message of `signature`, as `apply_async` would write it."""
         headers, properties, body, _ = self.amqp.create_task_message(
             uuid(),
-            measure.task,
-            measure.args,
+            signature.task,
+            signature.args,
             {},
-            chain=[aggregate],
+            chain=chain,
             reply_to=self.reply_to,
-            argsrepr=measure.options["argsrepr"],
+            argsrepr=signature.options["argsrepr"],
             kwargsrepr="{}",
             origin=self.origin,
             ignore_result=self.ignore_result,
-            **self._time_limits(measure.task),
+            **self._time_limits(signature.task),
         )
-        return queue, self._prepare(headers, properties, body)
+        return self._prepare(headers, properties, body)
 
     def _time_limits(self, task_name: str) -> dict[str, Any]:
         """The limits `apply_async` writes into a message: those of the task when
@@ -244,26 +256,6 @@ class _MessageMaker:
         return self.channel.prepare_message(
             data, 0, content_type, encoding, headers, properties
         )
-
-    def make_ping_chunk(
-        self, queue: str, chunk: list[tuple[str, dict[str, Any]]]
-    ) -> Any:
-        """The message of one ping chunk, with no chain: it stores its results."""
-        signature = ping_chunk_signature(queue, chunk)
-        self._declare(queue)
-        headers, properties, body, _ = self.amqp.create_task_message(
-            uuid(),
-            signature.task,
-            signature.args,
-            {},
-            reply_to=self.reply_to,
-            argsrepr=signature.options["argsrepr"],
-            kwargsrepr="{}",
-            origin=self.origin,
-            ignore_result=self.ignore_result,
-            **self._time_limits(signature.task),
-        )
-        return self._prepare(headers, properties, body)
 
 
 def _publish_one_by_one(connection: Any, batch: list[Item]) -> None:
