@@ -135,7 +135,10 @@ class RunClaims:
     def count_deliveries(
         self, task_ids: list[str], index: int, attempt: int = 0
     ) -> list[int]:
-        """`count_delivery` for many tasks in one round trip."""
+        """Count one more delivery of this attempt of each task, in one round trip.
+
+        Each retry has a count of its own: a retry is not a lost worker.
+        """
         with store_errors(self.settings.redis_url):
             pipe = self.redis.pipeline(transaction=False)
             for task_id in task_ids:
@@ -146,17 +149,8 @@ class RunClaims:
         return [int(count) for count in replies[0::2]]
 
     def count_delivery(self, task_id: str, index: int, attempt: int = 0) -> int:
-        """Count one more delivery of this attempt that starts measuring.
-
-        Each retry has a count of its own: a retry is not a lost worker.
-        """
-        key = deliveries_key(task_id, index, attempt)
-        with store_errors(self.settings.redis_url):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, self.settings.result_ttl_s)
-            count, _ = pipe.execute()
-        return int(count)
+        """Count one more delivery of this attempt that starts measuring."""
+        return self.count_deliveries([task_id], index, attempt)[0]
 
 
 def current_owner() -> str:
