@@ -62,11 +62,9 @@ class EngineProcess:
     """The worker's side of one family's engine child: submit sessions, wait on them."""
 
     def __init__(self, family: int) -> None:
-        self.family = family
         self._conn, child_conn = Pipe()
         self.pid = _fork_child(child_conn, self._conn, family)
         child_conn.close()
-        self.exit_status: int | None = None
 
         # Two locks: the reader must never wait for a send, or a child blocked
         # sending results and a worker blocked sending sessions would wait on
@@ -77,7 +75,7 @@ class EngineProcess:
         self._numbers = itertools.count()
         self._stopped = False
         self._engine_turning = True
-        self.privileged, self.kernel_timestamps = self._await_ready()
+        self.privileged = self._await_ready()
         self._last_heartbeat = time.monotonic()
 
         self._reader = threading.Thread(
@@ -144,8 +142,8 @@ class EngineProcess:
             self._reader.join(STOP_WAIT_S)
         self._conn.close()
 
-    def _await_ready(self) -> tuple[bool, bool]:
-        """(raw socket, kernel timestamps) once the child has opened its socket."""
+    def _await_ready(self) -> bool:
+        """Whether the child's socket is raw, once the child has opened it."""
         try:
             if not self._conn.poll(READY_TIMEOUT_S):
                 raise EOFError("no answer")
@@ -160,8 +158,8 @@ class EngineProcess:
         if message[0] == "setup_error":
             _reap(self.pid)
             raise SetupError(message[1])
-        _, privileged, kernel_timestamps = message
-        return bool(privileged), bool(kernel_timestamps)
+        _, privileged = message
+        return bool(privileged)
 
     def _read(self) -> None:
         """Deliver the child's results to their sessions until the child ends."""
@@ -176,12 +174,10 @@ class EngineProcess:
                 self._last_heartbeat = time.monotonic()
                 self._engine_turning = bool(message[1])
 
-        self.exit_status = _reap(self.pid)
+        exit_status = _reap(self.pid)
         if not self._stopped:
             logger.error(
-                "ICMP engine process %d ended (wait status %s)",
-                self.pid,
-                self.exit_status,
+                "ICMP engine process %d ended (wait status %s)", self.pid, exit_status
             )
         self._fail_waiting()
 
@@ -265,7 +261,7 @@ def _serve(conn: Connection, parent_end: Connection, family: int) -> None:
         conn.send(("setup_error", str(exc)))
         return
     engine = Engine(channel, identifier)
-    conn.send(("ready", channel.privileged, channel.kernel_timestamps))
+    conn.send(("ready", channel.privileged))
 
     try:
         _answer(conn, engine)
